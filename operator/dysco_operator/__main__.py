@@ -1,0 +1,5 @@
+"""Entry point of the operator."""
+
+
+def main() -> int:
+    return 0
