@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 
 .PHONY: setup apt-deps test lint typecheck sim clean
 
+-include scripts/cluster/cluster.mk
+
 apt-deps:
 	scripts/apt-deps.sh
 

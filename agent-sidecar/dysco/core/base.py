@@ -1,0 +1,137 @@
+"""Tables, timers and output helpers shared by the agent's concerns."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+
+from . import control as ctl
+from .actions import Action, Hook, Inject, Notify, SendControl, Verdict
+from .config import AgentConfig
+from .events import Event, SessionClosed
+from .policy import Policy
+from .ports import PortAllocator
+from .state import Path, Session, Side, Tuple4
+
+Timer = Callable[[float], None]
+
+
+class AgentBase:
+    """State of one agent: session tables, timers and the actions being collected."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.address = config.address
+        self.sessions: dict[int, Session] = {}
+        self.by_in: dict[Tuple4, tuple[Side, Path]] = {}  # arriving subsession tuple
+        self.by_out: dict[Tuple4, Side] = {}  # tuple the local app sends towards a side
+        self.pending: dict[Tuple4, Session] = {}  # middlebox: SYN not yet out of the app
+        self.pending_tag: dict[int, Session] = {}
+        self.by_rid: dict[int, Side] = {}  # reconfigurations this agent anchors
+        self.tombstones: dict[Tuple4, float] = {}  # retired subsessions: drop until then
+        self.policies: tuple[Policy, ...] = ()
+        self.ports = PortAllocator(config.local_ports, config.peer_ports)
+        self._sid = itertools.count(1)
+        self._tags = itertools.count(1)
+        self._rid = itertools.count(1)
+        self._rr = itertools.count()
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._tseq = itertools.count()
+        self._out: list[Action] = []
+        self._verdict_given = False
+        self.now = 0.0
+
+    # ----- collecting actions -----
+    def _begin(self, now: float) -> None:
+        self.now = now
+        self._out = []
+        self._verdict_given = False
+
+    def _end(self) -> list[Action]:
+        out, self._out = self._out, []
+        return out
+
+    def _emit(self, data: bytes, hook: Hook) -> None:
+        """The first packet of a packet() call is its verdict, later ones are injected."""
+        if self._verdict_given:
+            self._out.append(Inject(data, hook))
+        else:
+            self._verdict_given = True
+            self._out.insert(0, Verdict(data))
+
+    def _drop(self) -> None:
+        if not self._verdict_given:
+            self._verdict_given = True
+            self._out.insert(0, Verdict(None))
+
+    def _notify(self, event: Event) -> None:
+        self._out.append(Notify(event))
+
+    def _send(self, msg: ctl.Control, dst: int) -> None:
+        self._out.append(SendControl(dst, msg.encode()))
+
+    # ----- timers -----
+    def _at(self, when: float, fn: Timer) -> None:
+        heapq.heappush(self._timers, (when, next(self._tseq), fn))
+
+    def next_deadline(self) -> float | None:
+        return self._timers[0][0] if self._timers else None
+
+    def _run_timers(self, now: float) -> None:
+        while self._timers and self._timers[0][0] <= now:
+            _, _, fn = heapq.heappop(self._timers)
+            fn(now)
+
+    # ----- table maintenance -----
+    def _register(self, side: Side, path: Path) -> None:
+        self.by_in[path.sub_in] = (side, path)
+        self.tombstones.pop(path.sub_in, None)
+
+    def _retire_path(self, path: Path) -> None:
+        """Forget a subsession; late packets on it are dropped for `linger` seconds."""
+        if self.by_in.pop(path.sub_in, None) is not None:
+            self.ports.release(path.sub_out)
+            until = self.now + self.config.linger
+            self.tombstones[path.sub_in] = until
+            self._at(until, lambda now, k=path.sub_in: self._expire_tombstone(k, now))
+
+    def _expire_tombstone(self, key: Tuple4, now: float) -> None:
+        until = self.tombstones.get(key)
+        if until is not None and until <= now:
+            del self.tombstones[key]
+
+    def _free_session(self, s: Session, how: str) -> None:
+        if self.sessions.pop(s.sid, None) is None:
+            return
+        for side in s.sides:
+            for path in (side.path, side.new):
+                if path is not None:
+                    self._retire_path(path)
+            if self.by_out.get(side.out_key) is side:
+                del self.by_out[side.out_key]
+            if side.rc is not None:
+                self.by_rid.pop(side.rc.rid, None)
+                if side.new is not None and side.rc.role == "left":
+                    self._send_teardown(side, side.path)
+                side.rc = None
+        if s.left is not None and self.pending.get(s.left.local) is s:
+            del self.pending[s.left.local]
+        if s.tag is not None:
+            self.pending_tag.pop(s.tag, None)
+        self._notify(SessionClosed(s.tuple(), how))
+
+    def _send_teardown(self, side: Side, old: Path) -> None:
+        """Best-effort TEARDOWN copies along a retired old path (idle timers catch losses)."""
+        rc = side.rc
+        assert rc is not None
+        msg = ctl.Control(ctl.MsgType.TEARDOWN, rc.rid, old.sub_out, self.address, rc.other)
+        data = msg.encode()
+        for k in range(self.config.teardown_copies):
+            if k == 0:
+                self._out.append(SendControl(old.peer, data))
+            else:
+                self._at(
+                    self.now + k * self.config.teardown_interval,
+                    lambda now, d=data, p=old.peer: self._out.append(SendControl(p, d)),
+                )

@@ -1,0 +1,35 @@
+"""Agent settings: addresses, port ranges, timeouts and limits (all times in seconds)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    address: int
+    control_port: int = 2016
+    # Subsession ports. The initiator of a subsession takes its own port from
+    # `local_ports` and the peer's from `peer_ports`; the ranges are disjoint so two
+    # agents that open subsessions towards each other can never pick the same tuple.
+    local_ports: tuple[int, int] = (40000, 59999)
+    peer_ports: tuple[int, int] = (20000, 39999)
+    lock_timeout: float = 0.2
+    lock_retries: int = 8
+    syn_timeout: float = 0.2
+    syn_retries: int = 3
+    ack_timeout: float = 0.2
+    complete_timeout: float = 0.2
+    cancel_timeout: float = 0.2
+    cancel_retries: int = 10
+    reconfig_attempts: int = 8
+    retry_backoff: float = 0.3
+    removal_retry: float = 0.5
+    removal_attempts: int = 40
+    teardown_copies: int = 3
+    teardown_interval: float = 0.05
+    # An anchor that acked a lock but hears nothing more gives up after this long.
+    anchor_guard: float = 5.0
+    idle_timeout: float = 120.0
+    linger: float = 2.0
+    max_sessions: int = 100_000
