@@ -75,8 +75,10 @@ class Agent(Reconfigurer):
                 right = s.right
                 if right is not None:
                     ra = command.right_anchor or right.path.peer
-                    if command.hops or ra != right.path.peer:
-                        self._start(right, ra, command.hops, 1)
+                    if (command.hops or ra != right.path.peer) and not self._start(
+                        right, ra, command.hops, 1
+                    ):
+                        self._retry_later(right, ra, command.hops, 1)
         elif isinstance(command, cmd.ReplaceSelf):
             for s in self._select(command.selector):
                 if s.left is not None and s.right is not None and s.removal is None:
@@ -260,11 +262,11 @@ class Agent(Reconfigurer):
             if s.tag is not None and s.pending_hops:
                 pkt = pkt.with_tag(s.tag)
         on_new = path is side.new
+        if on_new and side.phase is Phase.WAITING:
+            self._enter_two_paths(side)  # first sign that the left anchor switched
         to_local(pkt, side, path)
         track_in(side, pkt, syn)
         rc = side.rc
-        if on_new and side.phase is Phase.WAITING:
-            self._enter_two_paths(side)
         if rc is not None and side.phase is Phase.TWO_PATHS and not on_new and pkt.seg_len:
             end = seq.add(pkt.seq, pkt.seg_len)
             if rc.old_rcvd_max is None or seq.gt(end, rc.old_rcvd_max):

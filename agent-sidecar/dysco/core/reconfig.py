@@ -40,7 +40,13 @@ class Reconfigurer(AgentBase):
 
     @staticmethod
     def _idle(side: Side | None) -> bool:
-        return side is None or (side.phase is Phase.ONE_PATH and side.rc is None)
+        """Not part of a reconfiguration, and past the TCP handshake."""
+        return side is None or (
+            side.phase is Phase.ONE_PATH
+            and side.rc is None
+            and side.snd_acked is not None
+            and side.rcv_max is not None
+        )
 
     # ----- starting (left anchor) -----
     def _start(self, side: Side, ra: int, hops: tuple[int, ...], attempt: int) -> bool:
@@ -345,12 +351,17 @@ class Reconfigurer(AgentBase):
             self._at(when, lambda now: self._retry(side, ra, hops, attempt))
 
     def _retry(self, side: Side, ra: int, hops: tuple[int, ...], attempt: int) -> None:
-        if side.session.sid not in self.sessions:
-            return
-        if not self._start(side, ra, hops, attempt):
-            if attempt < self.config.reconfig_attempts and side.session.closing_at is None:
-                when = self.now + self.config.retry_backoff * attempt
-                self._at(when, lambda now: self._retry(side, ra, hops, attempt + 1))
+        if side.session.sid in self.sessions and not self._start(side, ra, hops, attempt):
+            self._retry_later(side, ra, hops, attempt)
+
+    def _retry_later(self, side: Side, ra: int, hops: tuple[int, ...], attempt: int) -> None:
+        """The side is busy (or not established yet): try again after a backoff."""
+        s = side.session
+        if attempt < self.config.reconfig_attempts and s.closing_at is None and not s.torn:
+            when = self.now + self.config.retry_backoff * attempt
+            self._at(when, lambda now: self._retry(side, ra, hops, attempt + 1))
+        else:
+            self._notify(ReconfigFailed(s.tuple(), 0, "busy", final=True))
 
     # ----- the new path -----
     def _on_syn(self, msg: Control, src: int) -> None:

@@ -1,0 +1,342 @@
+"""The agent runtime: drives one protocol-core instance per pod network namespace.
+
+One thread, one event loop for all pods: each pod contributes two NFQUEUE queues
+(input, output), a UDP control socket bound to its IP on port 2016 and a raw socket for
+injected packets, all opened inside its namespace. Events go into the pod's core
+(`Processor`) and the actions it returns are carried out right away:
+
+* ``Verdict``     -> NFQUEUE verdict (drop, or accept with the new bytes)
+* ``Inject``      -> raw-socket send in the pod's namespace, marked so our rules skip it
+* ``SendControl`` -> UDP datagram from the pod's control socket
+* ``Notify``      -> counted per event type, logged at debug level
+
+Queues are opened before the rules are installed and the rules are removed before the
+queues close, so a pod is never left with rules and no listener (rules.py explains why
+the rules are fail-closed). Per-packet work stays header-only: the core rewrites
+headers incrementally, and only partial checksums are completed here.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import logging
+import selectors
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from dysco.core.actions import Action, Hook, Inject, Notify, SendControl, Verdict
+
+from . import netns, nfq, rules, segment
+
+log = logging.getLogger(__name__)
+
+CONTROL_PORT = 2016
+_SO_MARK = 36
+_INJECT_MTU = 1500
+
+
+class Processor(Protocol):
+    """What the runtime needs from the core's `Agent` (docs/core-api.md)."""
+
+    def packet(self, hook: Hook, data: bytes, now: float) -> list[Action]: ...
+    def control(self, src: int, payload: bytes, now: float) -> list[Action]: ...
+    def timer(self, now: float) -> list[Action]: ...
+    def next_deadline(self) -> float | None: ...
+    def command(self, command: Any, now: float) -> list[Action]: ...
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    """A pod to attach to: its namespace and the IPv4 address it is a Dysco host for."""
+
+    ns: str
+    address: str
+
+
+@dataclass
+class PodStats:
+    packets: int = 0
+    rewritten: int = 0
+    dropped: int = 0
+    truncated: int = 0          # arrived incomplete (binding backend, jumbo MTU): passed
+    injected: int = 0
+    control_in: int = 0
+    control_out: int = 0
+    errors: int = 0             # a core exception or a broken contract: packet dropped
+    notifications: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+def ip_to_int(text: str) -> int:
+    return int.from_bytes(socket.inet_aton(text), "big")
+
+
+def int_to_ip(value: int) -> str:
+    return socket.inet_ntoa(value.to_bytes(4, "big"))
+
+
+class Pod:
+    """Everything the runtime holds in one pod's namespace."""
+
+    def __init__(self, spec: PodSpec, processor: Processor, interception: rules.Interception,
+                 queues: dict[Hook, nfq.Queue], control_port: int) -> None:
+        self.spec = spec
+        self.processor = processor
+        self.interception = interception
+        self.queues = queues
+        self.stats = PodStats()
+        self.control_port = control_port
+        self.control = netns.open_socket(spec.ns, socket.AF_INET, socket.SOCK_DGRAM)
+        self.raw = netns.open_socket(spec.ns, socket.AF_INET, socket.SOCK_RAW,
+                                     socket.IPPROTO_RAW)
+        try:
+            self.control.bind((spec.address, control_port))
+            self.control.setblocking(False)
+            self.raw.setsockopt(socket.SOL_SOCKET, _SO_MARK, interception.mark)
+        except OSError:
+            self.close_sockets()
+            raise
+
+    def close_sockets(self) -> None:
+        self.control.close()
+        self.raw.close()
+        for queue in self.queues.values():
+            queue.close()
+
+    def inject(self, data: bytes, hook: Hook) -> None:
+        """Send a core-made packet: OUTPUT to the network, INPUT to the local stack.
+
+        A raw packet addressed to a local address loops back through `lo`, which our
+        rules skip, and is delivered like one that came from the network."""
+        dst = int_to_ip(int.from_bytes(data[16:20], "big"))
+        pieces = [data] if hook is Hook.INPUT else segment.split(data, _INJECT_MTU)
+        for piece in pieces:
+            self.raw.sendto(piece, (dst, 0))
+        self.stats.injected += len(pieces)
+
+    def send_control(self, dst: int, data: bytes) -> None:
+        try:
+            self.control.sendto(data, (int_to_ip(dst), self.control_port))
+            self.stats.control_out += 1
+        except OSError as exc:  # e.g. no route yet: the core retransmits on its timers
+            log.warning("%s: control send to %s failed: %s", self.spec.ns, int_to_ip(dst), exc)
+
+
+ProcessorFactory = Callable[[PodSpec], Processor]
+
+
+class Runtime:
+    """Attaches pods, runs the event loop, detaches pods. Not thread-safe except `wake`
+    and `submit`, which another thread may call to hand work to the loop."""
+
+    def __init__(self, factory: ProcessorFactory, *, backend: str = "raw",
+                 variant: rules.Variant | None = None, control_port: int = CONTROL_PORT,
+                 queue_in: int = rules.DEFAULT_QUEUE_IN,
+                 queue_out: int = rules.DEFAULT_QUEUE_OUT, mark: int = rules.DEFAULT_MARK,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.factory = factory
+        self.backend = nfq.BACKENDS[backend]
+        self.variant = variant or rules.detect_variant()
+        self.control_port = control_port
+        self.queue_in, self.queue_out, self.mark = queue_in, queue_out, mark
+        self.clock = clock
+        self.pods: dict[str, Pod] = {}
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._pending: collections.deque[tuple[str, Any]] = collections.deque()
+        self._running = False
+
+    # --- pods -------------------------------------------------------------------------
+
+    def add_pod(self, spec: PodSpec) -> Pod:
+        """Open queues and sockets in the pod, then install its rules (idempotent)."""
+        if spec.ns in self.pods:
+            return self.pods[spec.ns]
+        interception = rules.Interception(spec.ns, self.variant, self.queue_in,
+                                          self.queue_out, self.mark)
+        queues: dict[Hook, nfq.Queue] = {}
+        try:
+            queues[Hook.INPUT] = self.backend(self.queue_in, spec.ns)
+            queues[Hook.OUTPUT] = self.backend(self.queue_out, spec.ns)
+            pod = Pod(spec, self.factory(spec), interception, queues, self.control_port)
+        except BaseException:
+            for queue in queues.values():
+                queue.close()
+            raise
+        for hook, queue in queues.items():
+            self._selector.register(queue.fileno(), selectors.EVENT_READ, (pod, hook))
+        self._selector.register(pod.control, selectors.EVENT_READ, (pod, None))
+        self.pods[spec.ns] = pod
+        try:
+            interception.install()
+        except BaseException:
+            self.remove_pod(spec.ns)
+            raise
+        log.info("attached %s (%s)", spec.ns, spec.address)
+        return pod
+
+    def remove_pod(self, ns: str) -> None:
+        """Remove the pod's rules, then close everything opened for it."""
+        pod = self.pods.pop(ns, None)
+        if pod is None:
+            return
+        try:
+            if netns.exists(ns):
+                pod.interception.remove()
+        finally:
+            for queue in pod.queues.values():
+                self._selector.unregister(queue.fileno())
+            self._selector.unregister(pod.control)
+            pod.close_sockets()
+        log.info("detached %s", ns)
+
+    def close(self) -> None:
+        for ns in list(self.pods):
+            self.remove_pod(ns)
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # --- loop -------------------------------------------------------------------------
+
+    def submit(self, ns: str, command: Any) -> None:
+        """Hand a core command for pod `ns` to the loop (safe from any thread)."""
+        self._pending.append((ns, command))
+        self.wake()
+
+    def wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            self._wake_w.send(b"\0")
+
+    def stop(self) -> None:
+        """Make `run` return after the current step (safe from any thread)."""
+        self._running = False
+        self.wake()
+
+    def run(self) -> None:
+        self._running = True
+        while self._running:
+            self.step(1.0)
+
+    def step(self, max_wait: float) -> None:
+        """Wait at most `max_wait` s (less if a core timer is due) and handle what came."""
+        timeout = max_wait
+        now = self.clock()
+        for pod in self.pods.values():
+            deadline = pod.processor.next_deadline()
+            if deadline is not None:
+                timeout = min(timeout, max(0.0, deadline - now))
+        for key, _ in self._selector.select(timeout):
+            if key.data is None:
+                self._drain_wake()
+                continue
+            pod, hook = key.data
+            if hook is None:
+                self._on_control(pod)
+            else:
+                self._on_queue(pod, hook)
+        self._run_pending()
+        self._run_timers()
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _run_pending(self) -> None:
+        while self._pending:
+            ns, command = self._pending.popleft()
+            pod = self.pods.get(ns)
+            if pod is None:
+                log.warning("command for unknown pod %s dropped: %r", ns, command)
+                continue
+            self._execute(pod, pod.processor.command(command, self.clock()))
+
+    def _run_timers(self) -> None:
+        now = self.clock()
+        for pod in list(self.pods.values()):
+            deadline = pod.processor.next_deadline()
+            if deadline is not None and deadline <= now:
+                self._execute(pod, pod.processor.timer(now))
+
+    def _on_queue(self, pod: Pod, hook: Hook) -> None:
+        queue = pod.queues[hook]
+        stats = pod.stats
+        for pkt in queue.receive():
+            stats.packets += 1
+            if pkt.truncated:
+                stats.truncated += 1
+                queue.accept(pkt)
+                continue
+            try:
+                actions = pod.processor.packet(hook, pkt.data, self.clock())
+            except Exception:
+                log.exception("%s: core failed on a %s packet; dropped", pod.spec.ns, hook.name)
+                stats.errors += 1
+                queue.drop(pkt)
+                continue
+            verdict = actions[0] if actions else None
+            if not isinstance(verdict, Verdict):
+                log.error("%s: core gave no verdict first (%r); dropped", pod.spec.ns, actions)
+                stats.errors += 1
+                queue.drop(pkt)
+            elif verdict.data is None:
+                stats.dropped += 1
+                queue.drop(pkt)
+            elif queue.accept(pkt, verdict.data):
+                stats.rewritten += 1
+            if len(actions) > 1:
+                # The verdict's packet must go first: a split segment injected ahead of
+                # its first part would arrive reordered.
+                queue.flush()
+                self._execute(pod, actions[1:])
+        queue.flush()
+
+    def _on_control(self, pod: Pod) -> None:
+        while True:
+            try:
+                payload, (src, _) = pod.control.recvfrom(65535)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno == errno.ECONNREFUSED:  # an ICMP error for an earlier send
+                    continue
+                raise
+            pod.stats.control_in += 1
+            self._execute(pod, pod.processor.control(ip_to_int(src), payload, self.clock()))
+
+    def _execute(self, pod: Pod, actions: Iterable[Action]) -> None:
+        for action in actions:
+            match action:
+                case Inject(data=data, hook=hook):
+                    try:
+                        pod.inject(data, hook)
+                    except OSError as exc:
+                        log.warning("%s: inject failed: %s", pod.spec.ns, exc)
+                        pod.stats.errors += 1
+                case SendControl(dst=dst, data=data):
+                    pod.send_control(dst, data)
+                case Notify(event=event):
+                    pod.stats.notifications[type(event).__name__] += 1
+                    log.debug("%s: %r", pod.spec.ns, event)
+                case Verdict():
+                    log.error("%s: extra verdict ignored", pod.spec.ns)
+                    pod.stats.errors += 1
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per-pod counters, JSON-ready."""
+        out = {}
+        for ns, pod in self.pods.items():
+            s = pod.stats
+            out[ns] = {k: v for k, v in vars(s).items() if k != "notifications"}
+            out[ns]["notifications"] = dict(s.notifications)
+        return out
+

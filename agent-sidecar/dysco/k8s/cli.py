@@ -1,0 +1,99 @@
+"""``dysco agent``: the node agent (DaemonSet). Register with `add_agent_parser`.
+
+Usage from the main CLI::
+
+    sub = parser.add_subparsers(dest="command")
+    add_agent_parser(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import socket
+from typing import Any
+
+from .interface import DataPlane, RecordingDataPlane
+from .netns import make_resolver
+
+DEFAULT_DATAPLANE = "dysco.dataplane.k8s:create_dataplane"
+
+
+def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
+    env = os.environ.get
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "agent", help="run the node agent (watches this node's DyscoNodePlan)",
+        description="Node agent: apply this node's DyscoNodePlan to the Dysco data plane "
+                    "and report back in its status.")
+    p.add_argument("--node-name", default=env("NODE_NAME", ""),
+                   help="this node's name (env NODE_NAME; the DaemonSet sets it)")
+    p.add_argument("--kubeconfig", default=env("KUBECONFIG", ""),
+                   help="kubeconfig file; default in-cluster service account")
+    p.add_argument("--dataplane", default=env("DYSCO_DATAPLANE", DEFAULT_DATAPLANE),
+                   help="'module:factory' returning a DataPlane, or 'record' (dry run: "
+                        "records calls, touches nothing)")
+    p.add_argument("--netns-resolver", default=env("DYSCO_NETNS_RESOLVER", "auto"),
+                   choices=["auto", "docker", "crictl", "proc"])
+    p.add_argument("--http-bind-address", default=env("DYSCO_HTTP_BIND", "127.0.0.1"),
+                   help="address of /metrics, /healthz, /readyz")
+    p.add_argument("--http-port", type=int, default=int(env("DYSCO_HTTP_PORT", "9402")),
+                   help="0 = no HTTP server")
+    p.add_argument("--status-interval", type=float, default=5.0,
+                   help="seconds between status reports (sessions, reconfigurations)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=run_agent)
+    return p
+
+
+def load_dataplane(spec: str) -> DataPlane:
+    if spec == "record":
+        return RecordingDataPlane()
+    module, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), attr or "create_dataplane")
+    except (ImportError, AttributeError) as e:
+        raise SystemExit(f"dysco agent: cannot load data plane {spec!r}: {e} "
+                         "(use --dataplane=record for a dry run)") from e
+    dp = factory()
+    if not isinstance(dp, DataPlane):
+        raise SystemExit(f"dysco agent: {spec!r} did not return a DataPlane")
+    return dp
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    from kubernetes import client, config
+
+    from .agent import NodeAgent
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.node_name:
+        raise SystemExit("dysco agent: --node-name (or env NODE_NAME) is required")
+    if args.kubeconfig:
+        config.load_kube_config(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
+    else:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    agent = NodeAgent(
+        args.node_name, client.CustomObjectsApi(), load_dataplane(args.dataplane),
+        make_resolver(args.netns_resolver),
+        agent_id=os.environ.get("POD_NAME", socket.gethostname()),
+        status_interval=args.status_interval,
+    )
+    server = agent.serve_http(args.http_bind_address, args.http_port) if args.http_port else None
+
+    def _stop(*_: Any) -> None:
+        agent.stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        agent.run()
+    finally:
+        if server is not None:
+            server.shutdown()
+    return 0

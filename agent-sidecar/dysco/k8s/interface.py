@@ -1,0 +1,127 @@
+"""The contract between the Kubernetes glue and the data plane.
+
+Everything the data plane needs from Kubernetes arrives through `DataPlane` (a Protocol:
+any object with these methods works); everything Kubernetes wants to know comes back
+through `sessions()` and `reconfigurations()`. All calls come from one thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One hop of a chain: instance IPs (dotted quads) in the operator's order."""
+
+    name: str
+    instances: tuple[str, ...]
+    kind: str = "transparent"  # transparent | proxy | nat
+    instance_choice: str = "roundRobin"  # roundRobin | hash | leastSessions
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A chain as the node sees it (for middleboxes that must find a replacement)."""
+
+    name: str  # "<namespace>/<name>" of the ServiceChain
+    revision: int
+    hops: tuple[Hop, ...]
+    update_policy: str = "live"  # live | newSessionsOnly
+    on_delete: str = "bypass"  # bypass | close: what to do with live sessions on removal
+    drain_timeout_seconds: int = 30
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Sessions from a source pod to one of `destinations` traverse `chain.hops`."""
+
+    chain: Chain
+    destinations: tuple[tuple[str, tuple[int, ...]], ...] = field(default=())
+    """(destination IP, ports) pairs the policy matches."""
+
+    @property
+    def revision(self) -> int:
+        return self.chain.revision
+
+
+@runtime_checkable
+class DataPlane(Protocol):
+    """What the node agent calls. Implementations must be idempotent.
+
+    - ``attach_pod``: start intercepting in the pod's netns (``netns_path`` is a file such
+      as ``/proc/<pid>/ns/net`` that can be passed to setns(2) or bind-mounted); ``ip`` is
+      the pod's IPv4 address, i.e. the Dysco host address.
+    - ``detach_pod``: stop intercepting; live sessions of the pod follow its chains'
+      ``on_delete``.
+    - ``set_chains``: every chain with a participant on this node (middleboxes use it to
+      pick a replacement instance when they are drained).
+    - ``set_policies``: the complete policy list of a source pod. A policy whose chain
+      revision grew reconfigures live sessions when ``update_policy == "live"``; a policy
+      that disappeared is handled according to its last ``on_delete``.
+    - ``drain_instance``: move every live session off middlebox ``ip`` (replace it with
+      another instance of the same hop, or bypass an optional hop without instances)
+      before ``deadline`` (UNIX time). Calling it again updates the deadline.
+    - ``cancel_drain``: the instance is serving again (it became ready).
+    - ``sessions``: live sessions by (chain, revision), summed over the attached pods.
+    - ``reconfigurations``: cumulative (done, failed) by (chain, target revision).
+    """
+
+    def attach_pod(self, pod_key: str, netns_path: str, ip: str) -> None: ...
+    def detach_pod(self, pod_key: str) -> None: ...
+    def set_chains(self, chains: Sequence[Chain]) -> None: ...
+    def set_policies(self, pod_key: str, policies: Sequence[Policy]) -> None: ...
+    def drain_instance(self, ip: str, deadline: float) -> None: ...
+    def cancel_drain(self, ip: str) -> None: ...
+    def sessions(self) -> Mapping[tuple[str, int], int]: ...
+    def reconfigurations(self) -> Mapping[tuple[str, int], tuple[int, int]]: ...
+
+
+class RecordingDataPlane:
+    """A data plane that only records what it is told (tests, ``--dataplane=record``)."""
+
+    def __init__(self) -> None:
+        self.pods: dict[str, tuple[str, str]] = {}
+        self.policies: dict[str, tuple[Policy, ...]] = {}
+        self.chains: tuple[Chain, ...] = ()
+        self.draining: dict[str, float] = {}
+        self.calls: list[tuple[str, object]] = []
+        self.session_counts: dict[tuple[str, int], int] = {}
+        self.reconfig_counts: dict[tuple[str, int], tuple[int, int]] = {}
+        self.fail_attach: set[str] = set()
+
+    def attach_pod(self, pod_key: str, netns_path: str, ip: str) -> None:
+        if pod_key in self.fail_attach:
+            raise RuntimeError(f"cannot attach {pod_key}")
+        self.calls.append(("attach_pod", (pod_key, netns_path, ip)))
+        self.pods[pod_key] = (netns_path, ip)
+
+    def detach_pod(self, pod_key: str) -> None:
+        self.calls.append(("detach_pod", pod_key))
+        self.pods.pop(pod_key, None)
+        self.policies.pop(pod_key, None)
+
+    def set_chains(self, chains: Sequence[Chain]) -> None:
+        self.calls.append(("set_chains", tuple(chains)))
+        self.chains = tuple(chains)
+
+    def set_policies(self, pod_key: str, policies: Sequence[Policy]) -> None:
+        self.calls.append(("set_policies", (pod_key, tuple(policies))))
+        self.policies[pod_key] = tuple(policies)
+
+    def drain_instance(self, ip: str, deadline: float) -> None:
+        self.calls.append(("drain_instance", (ip, deadline)))
+        self.draining[ip] = deadline
+
+    def cancel_drain(self, ip: str) -> None:
+        self.calls.append(("cancel_drain", ip))
+        self.draining.pop(ip, None)
+
+    def sessions(self) -> Mapping[tuple[str, int], int]:
+        return dict(self.session_counts)
+
+    def reconfigurations(self) -> Mapping[tuple[str, int], tuple[int, int]]:
+        return dict(self.reconfig_counts)

@@ -1,0 +1,121 @@
+"""`dysco lab ...` and `dysco bench`: subcommands the main CLI registers.
+
+Each parser sets ``func``: a callable taking the parsed namespace and returning the exit
+status, so `dysco.cli.main` only has to call ``args.func(args)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from . import bench, scenarios
+from .topology import DEFAULT_PREFIX, OFFLOAD_MODES, Lab
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMG]?)(i?B?)?$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'50M' -> 50 * 2**20; plain digits are bytes."""
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4096, 64K, 50M, 1G)")
+    scale = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m.group(2).upper()]
+    return int(float(m.group(1)) * scale)
+
+
+def _lab(args: argparse.Namespace) -> Lab:
+    return Lab(prefix=args.prefix, middleboxes_per_node=args.middleboxes,
+               offloads=args.offloads)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prefix", default=DEFAULT_PREFIX, help="namespace name prefix")
+    p.add_argument("--middleboxes", type=int, default=2, help="middlebox pods per node")
+    p.add_argument("--offloads", choices=sorted(OFFLOAD_MODES), default="default",
+                   help="veth offloads (default: kernel defaults, TSO/GSO on)")
+
+
+def _up(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    lab.up()
+    print(json.dumps(lab.status(), indent=2))
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    _lab(args).down()
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    print(json.dumps(_lab(args).status(), indent=2))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.list:
+        for s in scenarios.SCENARIOS.values():
+            print(f"{s.name:12} {s.summary}")
+        return 0
+    if not args.scenario:
+        print("dysco lab run: give --scenario NAME or --list", file=sys.stderr)
+        return 2
+    opts = scenarios.Options(bytes=args.bytes, sessions=args.sessions, timeout=args.timeout)
+    result = scenarios.run(args.scenario, _lab(args), opts)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        verdict = "PASS" if result["ok"] else "FAIL"
+        print(f"{verdict} {args.scenario}: {result['sessions']} session(s) x "
+              f"{result['bytes']} B each way in {result['seconds']} s "
+              f"({result['goodput_mbps']} Mbit/s total), longest stall "
+              f"{result['max_gap_s']} s")
+        for failure in result["failures"]:
+            print(f"  - {failure}")
+    return 0 if result["ok"] else 1
+
+
+def add_lab_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `dysco lab up|down|status|run`."""
+    lab = subparsers.add_parser("lab", help="the network-namespace lab (nodes and pods)")
+    sub = lab.add_subparsers(dest="lab_command", required=True)
+    for name, func, text in [("up", _up, "build the lab (idempotent)"),
+                             ("down", _down, "remove the lab and its processes"),
+                             ("status", _status, "print the lab as JSON")]:
+        p = sub.add_parser(name, help=text)
+        _common(p)
+        p.set_defaults(func=func)
+    run = sub.add_parser("run", help="run a scenario (brings the lab up if needed)")
+    _common(run)
+    run.add_argument("--scenario", choices=sorted(scenarios.SCENARIOS))
+    run.add_argument("--list", action="store_true", help="list the scenarios")
+    run.add_argument("--bytes", type=parse_size, default=parse_size("10M"),
+                     help="bytes per direction per session (e.g. 50M)")
+    run.add_argument("--sessions", type=int, default=1)
+    run.add_argument("--timeout", type=float, default=30.0, help="socket timeout, s")
+    run.add_argument("--json", action="store_true", help="print the full result as JSON")
+    run.set_defaults(func=_run)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    lab.up()
+    rows = [bench.measure(lab, "plain routing", seconds=args.seconds, count=args.count)]
+    print(bench.table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    return 0
+
+
+def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `dysco bench`."""
+    p = subparsers.add_parser("bench", help="measure goodput and latency in the lab")
+    _common(p)
+    p.add_argument("--seconds", type=float, default=5.0, help="iperf3 time per direction")
+    p.add_argument("--count", type=int, default=2000, help="round trips per latency probe")
+    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    p.set_defaults(func=_bench)

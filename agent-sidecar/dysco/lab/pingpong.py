@@ -1,0 +1,86 @@
+"""Latency probes for the bench: 1-byte request/response round trips and connect() time.
+
+Run inside a namespace as ``python -m dysco.lab.pingpong server|rr|connect ...``. The
+server echoes one byte per byte received and serves any number of connections, so one
+server answers both probes; each probe prints one JSON document with p50/p99 in µs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import sys
+import threading
+import time
+
+
+def _echo(conn: socket.socket) -> None:
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with conn:
+        while data := conn.recv(1):
+            conn.sendall(data)
+
+
+def serve(host: str, port: int) -> None:
+    with socket.create_server((host, port), backlog=512) as listener:
+        print("READY", flush=True)
+        while True:
+            conn, _ = listener.accept()
+            threading.Thread(target=_echo, args=(conn,), daemon=True).start()
+
+
+def _summary(samples_s: list[float]) -> dict[str, float]:
+    us = sorted(s * 1e6 for s in samples_s)
+    q = statistics.quantiles(us, n=100, method="inclusive")
+    return {"n": len(us), "p50_us": round(q[49], 1), "p99_us": round(q[98], 1),
+            "mean_us": round(statistics.fmean(us), 1)}
+
+
+def round_trips(host: str, port: int, count: int) -> dict[str, float]:
+    """`count` 1-byte ping-pongs on one connection (after 100 warm-up rounds)."""
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        samples = []
+        for i in range(count + 100):
+            t0 = time.perf_counter()
+            s.sendall(b"x")
+            if s.recv(1) != b"x":
+                raise ConnectionError("echo lost")
+            if i >= 100:
+                samples.append(time.perf_counter() - t0)
+    return _summary(samples)
+
+
+def connects(host: str, port: int, count: int) -> dict[str, float]:
+    """Time `count` connect() calls (handshake until the SYN-ACK is in)."""
+    samples = []
+    for _ in range(count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(5)
+        t0 = time.perf_counter()
+        s.connect((host, port))
+        samples.append(time.perf_counter() - t0)
+        s.close()
+    return _summary(samples)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="dysco.lab.pingpong")
+    ap.add_argument("mode", choices=["server", "rr", "connect"])
+    ap.add_argument("--host", default="0.0.0.0")
+    ap.add_argument("--port", type=int, default=5002)
+    ap.add_argument("--count", type=int, default=2000)
+    a = ap.parse_args(argv)
+    if a.mode == "server":
+        serve(a.host, a.port)
+        return 0
+    probe = round_trips if a.mode == "rr" else connects
+    json.dump(probe(a.host, a.port, a.count), sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

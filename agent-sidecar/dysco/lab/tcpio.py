@@ -1,0 +1,226 @@
+"""TCP endpoint tool for scenarios: move N bytes both ways at once and prove them intact.
+
+Each session carries N bytes in each direction simultaneously. Both ends hash what they
+send and what they receive with SHA-256, so a scenario proves the stream arrived
+byte-exact in both directions even when middleboxes or Dysco rewrite every header. The
+first 8 bytes the client sends are a random session token; the server reports it, so
+sessions are paired even through NAT. A direction that makes no progress for longer
+than `STALL_S` is reported as a stall, and a reset as the error "ECONNRESET".
+
+Run inside a namespace as ``python -m dysco.lab.tcpio server|client ...``; the result
+is one JSON document on stdout (the server first prints ``READY`` once listening).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import socket
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+STALL_S = 2.0
+TOKEN_LEN = 8
+_CHUNK = 256 * 1024
+_POOL = random.Random(2016).randbytes(4 * 1024 * 1024 + 4099)
+_POOL_WRAP = _POOL + _POOL[:_CHUNK]
+
+
+@dataclass
+class SessionResult:
+    token: str = ""
+    local: str = ""
+    peer: str = ""
+    sent: int = 0
+    received: int = 0
+    sha_sent: str = ""
+    sha_received: str = ""
+    seconds: float = 0.0
+    max_gap_s: float = 0.0   # longest time a direction made no progress
+    stalled: bool = False
+    error: str | None = None
+
+
+class _Progress:
+    """Last time each direction moved, for the stall detector."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.max_gap = 0.0
+        self.lock = threading.Lock()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.max_gap = max(self.max_gap, now - self.last)
+            self.last = now
+
+
+def _error_name(exc: OSError) -> str:
+    if isinstance(exc, ConnectionResetError):
+        return "ECONNRESET"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "TIMEOUT"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _send(sock: socket.socket, token: bytes, nbytes: int, lead: bytes,
+          res: SessionResult, prog: _Progress) -> None:
+    sha = hashlib.sha256()
+    pos = int.from_bytes(hashlib.sha256(token).digest()[:4], "big") % len(_POOL)
+    view = memoryview(_POOL_WRAP)
+    try:
+        if lead:
+            sock.sendall(lead)
+            sha.update(lead)
+            res.sent += len(lead)
+        while res.sent < nbytes:
+            n = min(_CHUNK, nbytes - res.sent)
+            chunk = view[pos:pos + n]
+            sock.sendall(chunk)
+            sha.update(chunk)
+            res.sent += n
+            pos = (pos + n) % len(_POOL)
+            prog.tick()
+        sock.shutdown(socket.SHUT_WR)
+    except OSError as exc:
+        res.error = res.error or _error_name(exc)
+    res.sha_sent = sha.hexdigest()
+
+
+def _receive(sock: socket.socket, res: SessionResult, prog: _Progress,
+             first: bytes = b"") -> None:
+    sha = hashlib.sha256(first)
+    res.received = len(first)
+    buf = bytearray(_CHUNK)
+    try:
+        while True:
+            n = sock.recv_into(buf)
+            if n == 0:
+                break
+            sha.update(memoryview(buf)[:n])
+            res.received += n
+            prog.tick()
+    except OSError as exc:
+        res.error = res.error or _error_name(exc)
+    res.sha_received = sha.hexdigest()
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        part = sock.recv(n - len(data))
+        if not part:
+            raise ConnectionError("closed before the session token arrived")
+        data += part
+    return data
+
+
+def exchange(sock: socket.socket, nbytes: int, *, is_client: bool,
+             timeout: float) -> SessionResult:
+    """Send and receive `nbytes` at once on a connected socket; close it at the end."""
+    res = SessionResult(local="{}:{}".format(*sock.getsockname()),
+                        peer="{}:{}".format(*sock.getpeername()))
+    sock.settimeout(timeout)
+    start = time.monotonic()
+    prog = [_Progress(), _Progress()]
+    first = b""
+    try:
+        if is_client:
+            token = random.randbytes(TOKEN_LEN)
+            lead = token
+        else:
+            token = first = _recv_exact(sock, TOKEN_LEN)
+            lead = b""
+        res.token = token.hex()
+        sender = threading.Thread(target=_send, args=(sock, token, nbytes, lead, res, prog[0]))
+        sender.start()
+        _receive(sock, res, prog[1], first)
+        sender.join()
+    except OSError as exc:
+        res.error = _error_name(exc)
+    finally:
+        sock.close()
+    res.seconds = round(time.monotonic() - start, 4)
+    res.max_gap_s = round(max(p.max_gap for p in prog), 3)
+    res.stalled = res.max_gap_s > STALL_S
+    return res
+
+
+def _run_sessions(socks: list[socket.socket], nbytes: int, is_client: bool,
+                  timeout: float) -> list[SessionResult]:
+    results: list[SessionResult] = [SessionResult() for _ in socks]
+
+    def one(i: int) -> None:
+        results[i] = exchange(socks[i], nbytes, is_client=is_client, timeout=timeout)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(socks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def serve(bind: str, port: int, sessions: int, nbytes: int, timeout: float) -> dict[str, Any]:
+    """Accept `sessions` connections and run them all at once."""
+    listener = socket.create_server((bind, port), backlog=max(16, sessions))
+    listener.settimeout(timeout)
+    print("READY", flush=True)
+    socks = []
+    try:
+        for _ in range(sessions):
+            socks.append(listener.accept()[0])
+    except OSError as exc:
+        for s in socks:
+            s.close()
+        return {"role": "server", "error": _error_name(exc), "sessions": []}
+    finally:
+        listener.close()
+    results = _run_sessions(socks, nbytes, False, timeout)
+    return {"role": "server", "error": None, "sessions": [asdict(r) for r in results]}
+
+
+def connect(host: str, port: int, sessions: int, nbytes: int,
+            timeout: float) -> dict[str, Any]:
+    """Open `sessions` connections, timing each connect(), then run them all at once."""
+    socks, connect_ms = [], []
+    try:
+        for _ in range(sessions):
+            t0 = time.perf_counter()
+            socks.append(socket.create_connection((host, port), timeout=timeout))
+            connect_ms.append(round((time.perf_counter() - t0) * 1000, 3))
+    except OSError as exc:
+        for s in socks:
+            s.close()
+        return {"role": "client", "error": _error_name(exc), "sessions": []}
+    results = _run_sessions(socks, nbytes, True, timeout)
+    return {"role": "client", "error": None, "connect_ms": connect_ms,
+            "sessions": [asdict(r) for r in results]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="dysco.lab.tcpio", description=__doc__.splitlines()[0])
+    ap.add_argument("role", choices=["server", "client"])
+    ap.add_argument("--host", default="0.0.0.0", help="bind (server) or connect (client) address")
+    ap.add_argument("--port", type=int, default=5001)
+    ap.add_argument("--sessions", type=int, default=1)
+    ap.add_argument("--bytes", type=int, default=1 << 20, help="bytes per direction per session")
+    ap.add_argument("--timeout", type=float, default=10.0, help="socket timeout (hard stall)")
+    a = ap.parse_args(argv)
+    if a.role == "server":
+        out = serve(a.host, a.port, a.sessions, a.bytes, a.timeout)
+    else:
+        out = connect(a.host, a.port, a.sessions, a.bytes, a.timeout)
+    json.dump(out, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
