@@ -109,9 +109,8 @@ class Reconfigurer(AgentBase):
                 self._give_up(side, "cancel unanswered")
         elif phase is Phase.TWO_PATHS and rc.role == "left" and rc.cutoff_rcv is None:
             self._send_ack(side)
-        elif phase is Phase.TWO_PATHS and rc.role == "right" and not rc.complete_acked:
-            if self._complete(side):
-                self._send_complete(side)
+        elif phase is Phase.TWO_PATHS and rc.role == "right" and rc.complete_sent:
+            self._send_complete(side)
         elif phase in (Phase.REQUESTED, Phase.WAITING):
             # The right anchor heard nothing for a long time: the left anchor is gone.
             self._abandon_right(side)
@@ -506,8 +505,8 @@ class Reconfigurer(AgentBase):
         if rc is None or not self._complete(side):
             return
         if rc.role == "right":
-            if not rc.complete_acked and rc.tries == 0:
-                rc.tries = 1
+            if not rc.complete_sent:
+                rc.complete_sent = True
                 self._send_complete(side)
         elif rc.peer_complete:
             self._finish(side)
@@ -515,27 +514,37 @@ class Reconfigurer(AgentBase):
     def _send_complete(self, side: Side) -> None:
         rc = side.rc
         assert rc is not None and side.new is not None
-        msg = Control(MsgType.COMPLETE, rc.rid, side.new.sub_out, rc.other, self.address)
+        assert rc.cutoff_snd is not None
+        # COMPLETE repeats our cutoff: the ACK_ACK that carried it may have been lost.
+        msg = Control(
+            MsgType.COMPLETE, rc.rid, side.new.sub_out, rc.other, self.address, rc.cutoff_snd,
+        )
         self._send(msg, rc.other)
         self._arm(side, self.config.complete_timeout)
 
     def _on_complete(self, msg: Control, src: int) -> None:
+        """The right anchor is done with the old path. We answer only once we are done too:
+        until then the right anchor must keep acking old-path retransmissions."""
         side = self.by_rid.get(msg.rid)
-        if side is not None and side.rc is not None and side.rc.role == "left":
-            if side.phase is not Phase.TWO_PATHS:
-                return
-            side.rc.peer_complete = True
-        back = Control(MsgType.COMPLETE_ACK, msg.rid, reverse(msg.sub), msg.la, msg.ra)
-        self._send(back, src)
-        if side is not None and side.rc is not None and side.rc.role == "left":
-            self._check_complete(side)
+        if side is None:
+            # Finished already (our COMPLETE_ACK was lost): answer from the message alone.
+            back = Control(MsgType.COMPLETE_ACK, msg.rid, reverse(msg.sub), msg.la, msg.ra)
+            self._send(back, src)
+            return
+        rc = side.rc
+        if rc is None or rc.role != "left" or side.phase is not Phase.TWO_PATHS:
+            return
+        rc.peer_complete = True
+        if rc.cutoff_rcv is None:
+            rc.cutoff_rcv = seq.add(msg.value, rc.delta)
+            rc.deadline = None
+        self._check_complete(side)
 
     def _on_complete_ack(self, msg: Control) -> None:
         side = self.by_rid.get(msg.rid)
         if side is None or side.rc is None or side.rc.role != "right":
             return
         if self._complete(side):
-            side.rc.complete_acked = True
             self._finish(side)
 
     def _finish(self, side: Side) -> None:
@@ -544,6 +553,8 @@ class Reconfigurer(AgentBase):
         assert rc is not None and side.new is not None
         old = side.path
         if rc.role == "left":
+            back = Control(MsgType.COMPLETE_ACK, rc.rid, side.new.sub_out, self.address, rc.other)
+            self._send(back, rc.other)
             self._send_teardown(side, old)
         self._retire_path(old)
         side.path, side.new = side.new, None

@@ -77,7 +77,7 @@ class Reconfig:
     old_data_since_ack: bool = False
     new_acked: int | None = None
     peer_complete: bool = False  # left anchor: got COMPLETE from the right anchor
-    complete_acked: bool = False  # right anchor: got COMPLETE_ACK
+    complete_sent: bool = False  # right anchor: COMPLETE sent, resent until acked
     tries: int = 0  # retransmissions of the current request
     deadline: float | None = None
 

@@ -1,4 +1,8 @@
-"""Named network namespaces: create, enter, run commands in them.
+"""Network namespaces: create, enter, run commands in them.
+
+A namespace is given either by name (``ip netns`` style, a file in /run/netns) or by
+an absolute path to a namespace file (``/proc/<pid>/ns/net``, what a node agent finds
+for a pod's sandbox); every function here takes both.
 
 The agent serves many pods from one process, so it must open sockets (NFQUEUE netlink,
 raw, UDP) *inside* each pod's namespace. A socket stays in the namespace it was
@@ -21,13 +25,13 @@ _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def path(name: str) -> Path:
-    """The bind-mounted namespace file that `ip netns` manages."""
-    return NETNS_DIR / name
+def path(ns: str) -> Path:
+    """The namespace file: `ns` itself if absolute, else the one `ip netns` manages."""
+    return Path(ns) if ns.startswith("/") else NETNS_DIR / ns
 
 
-def exists(name: str) -> bool:
-    return path(name).exists()
+def exists(ns: str) -> bool:
+    return path(ns).exists()
 
 
 def names(prefix: str = "") -> list[str]:
@@ -65,14 +69,14 @@ def _setns(fd: int) -> None:
 
 
 @contextmanager
-def entered(name: str | None) -> Iterator[None]:
-    """Run the body with the calling thread in namespace `name` (None: stay put)."""
-    if name is None:
+def entered(ns: str | None) -> Iterator[None]:
+    """Run the body with the calling thread in namespace `ns` (None: stay put)."""
+    if ns is None:
         yield
         return
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
-        target = os.open(path(name), os.O_RDONLY)
+        target = os.open(path(ns), os.O_RDONLY)
         try:
             _setns(target)
         finally:
@@ -85,28 +89,28 @@ def entered(name: str | None) -> Iterator[None]:
         os.close(home)
 
 
-def open_socket(name: str | None, family: int, kind: int, proto: int = 0) -> socket.socket:
-    """A socket that lives in namespace `name` whatever thread uses it later."""
-    with entered(name):
+def open_socket(ns: str | None, family: int, kind: int, proto: int = 0) -> socket.socket:
+    """A socket that lives in namespace `ns` whatever thread uses it later."""
+    with entered(ns):
         return socket.socket(family, kind, proto)
 
 
-def argv(name: str | None, cmd: Sequence[str]) -> list[str]:
-    """`cmd` prefixed so that it runs inside `name` (None: the current namespace)."""
-    return list(cmd) if name is None else ["ip", "netns", "exec", name, *cmd]
+def argv(ns: str | None, cmd: Sequence[str]) -> list[str]:
+    """`cmd` prefixed so that it runs inside `ns` (None: the current namespace)."""
+    return list(cmd) if ns is None else ["nsenter", f"--net={path(ns)}", "--", *cmd]
 
 
 def run(
-    name: str | None, cmd: Sequence[str], *, check: bool = True, stdin: str | None = None
+    ns: str | None, cmd: Sequence[str], *, check: bool = True, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run `cmd` in namespace `name` and capture its output as text."""
+    """Run `cmd` in namespace `ns` and capture its output as text."""
     return subprocess.run(
-        argv(name, cmd), check=check, capture_output=True, text=True, input=stdin
+        argv(ns, cmd), check=check, capture_output=True, text=True, input=stdin
     )
 
 
-def sysctl(name: str | None, settings: dict[str, str]) -> None:
-    """Write sysctls (keys like "net.ipv4.ip_forward") inside namespace `name`."""
-    with entered(name):
+def sysctl(ns: str | None, settings: dict[str, str]) -> None:
+    """Write sysctls (keys like "net.ipv4.ip_forward") inside namespace `ns`."""
+    with entered(ns):
         for key, value in settings.items():
             Path("/proc/sys", *key.split(".")).write_text(value)

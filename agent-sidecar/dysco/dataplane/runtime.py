@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from dysco.core import Agent, AgentConfig
 from dysco.core.actions import Action, Hook, Inject, Notify, SendControl, Verdict
 
 from . import netns, nfq, rules, segment
@@ -44,7 +45,7 @@ class Processor(Protocol):
     """What the runtime needs from the core's `Agent` (docs/core-api.md)."""
 
     def packet(self, hook: Hook, data: bytes, now: float) -> list[Action]: ...
-    def control(self, src: int, payload: bytes, now: float) -> list[Action]: ...
+    def control(self, src: int, data: bytes, now: float) -> list[Action]: ...
     def timer(self, now: float) -> list[Action]: ...
     def next_deadline(self) -> float | None: ...
     def command(self, command: Any, now: float) -> list[Action]: ...
@@ -133,12 +134,12 @@ class Runtime:
     """Attaches pods, runs the event loop, detaches pods. Not thread-safe except `wake`
     and `submit`, which another thread may call to hand work to the loop."""
 
-    def __init__(self, factory: ProcessorFactory, *, backend: str = "raw",
+    def __init__(self, factory: ProcessorFactory | None = None, *, backend: str = "raw",
                  variant: rules.Variant | None = None, control_port: int = CONTROL_PORT,
                  queue_in: int = rules.DEFAULT_QUEUE_IN,
                  queue_out: int = rules.DEFAULT_QUEUE_OUT, mark: int = rules.DEFAULT_MARK,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.factory = factory
+        self.factory = factory or self._core_agent
         self.backend = nfq.BACKENDS[backend]
         self.variant = variant or rules.detect_variant()
         self.control_port = control_port
@@ -151,6 +152,11 @@ class Runtime:
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._pending: collections.deque[tuple[str, Any]] = collections.deque()
         self._running = False
+
+    def _core_agent(self, spec: PodSpec) -> Processor:
+        """The default processor: one protocol-core Agent per pod."""
+        return Agent(AgentConfig(address=ip_to_int(spec.address),
+                                 control_port=self.control_port))
 
     # --- pods -------------------------------------------------------------------------
 

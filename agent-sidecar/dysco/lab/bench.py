@@ -46,9 +46,9 @@ def measure(lab: Lab, label: str, *, seconds: float = 5.0, count: int = 2000,
     (for paths that rewrite ports)."""
     dial = dial or {}
     client, server = lab.pod("client"), lab.pod("server")
-    servers = [
+    servers: list[subprocess.Popen[str]] = [
         subprocess.Popen(netns.argv(server.name, ["iperf3", "-s", "-p", str(IPERF_PORT)]),
-                         stdout=subprocess.DEVNULL),
+                         stdout=subprocess.DEVNULL, text=True),
         subprocess.Popen(netns.argv(server.name, [sys.executable, "-m", "dysco.lab.pingpong",
                                                   "server", "--host", server.ip,
                                                   "--port", str(ECHO_PORT)]),

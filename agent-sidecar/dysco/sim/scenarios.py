@@ -65,11 +65,24 @@ def _chain(world: World, size: int, hops: tuple[int, ...], mids: dict[str, str],
     server = Endpoint(world, hosts["D"], down, banner[0] + up, chunk, interval)
     client = Endpoint(world, hosts["A"], up, banner[1] + down, chunk, interval,
                       connect_to=(A, D, 33000, 80))
+    on_path = [hosts[n] for n in mids if addr[n] in hops]
+    world.established = lambda: all(
+        e.conn is not None and e.conn.state == "established" for e in (client, server)
+    ) and all(h.agent.sessions for h in on_path)
     return client, server, hosts
 
 
 def _at(world: World, t: float, host: Host, c: cmd.Command) -> None:
-    world.engine.at(t, lambda: host.command(c))
+    """Issue `c` at time `t`, or as soon after as the session is established everywhere
+    (a command applies to the sessions an agent has, as a policy server's would)."""
+
+    def fire() -> None:
+        if world.established():
+            host.command(c)
+        else:
+            world.engine.after(0.005, fire)
+
+    world.engine.at(t, fire)
 
 
 def _then(world: World, steps: list[tuple[Host, cmd.Command]]) -> None:
@@ -140,7 +153,7 @@ def nat(world: World, size: int) -> Setup:
 
 
 def cancel_retry(world: World, size: int) -> Setup:
-    c, s, h = _chain(world, size, (), {"M1": "fwd"})
+    c, s, h = _chain(world, size * 3, (), {"M1": "fwd"})
     world.net.down.add(M1)
     _at(world, 0.02, h["A"], cmd.InsertRight(ALL, (M1,)))
     world.engine.at(0.07, lambda: world.net.down.discard(M1))

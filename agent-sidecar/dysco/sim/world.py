@@ -19,7 +19,7 @@ from .network import LinkModel, Network
 SIM_AGENT = dict(
     lock_timeout=0.02, syn_timeout=0.02, ack_timeout=0.02, complete_timeout=0.02,
     cancel_timeout=0.02, retry_backoff=0.03, removal_retry=0.05, teardown_interval=0.005,
-    anchor_guard=2.0, idle_timeout=3.0, linger=0.2,
+    anchor_guard=2.0, idle_timeout=5.0, linger=1.5,
 )
 
 
@@ -108,6 +108,7 @@ class World:
         self.violations: list[str] = []
         self.outcome = Outcome()
         self.listeners: list[Callable[[Event], None]] = []
+        self.established: Callable[[], bool] = lambda: True
 
     def host(self, name: str, address: int) -> Host:
         h = Host(self, name, address)
