@@ -44,8 +44,7 @@ class Reconfigurer(AgentBase):
         return side is None or (
             side.phase is Phase.ONE_PATH
             and side.rc is None
-            and side.snd_acked is not None
-            and side.rcv_max is not None
+            and (side.session.inserted or (side.snd_acked is not None and side.rcv_max is not None))
         )
 
     # ----- starting (left anchor) -----
@@ -389,9 +388,14 @@ class Reconfigurer(AgentBase):
         if msg.sub in self.tombstones or len(self.sessions) >= self.config.max_sessions:
             return
         t = msg.session
-        if reverse(t) in self.by_out or t in self.by_out:
-            return
-        s = Session(next(self._sid), "middle", last_activity=self.now)
+        stale = self.by_out.get(reverse(t)) or self.by_out.get(t)
+        if stale is not None:
+            old = stale.session
+            if not (old.inserted and old.rid != msg.rid and old.left and old.left.rcv_max is None):
+                return
+            # a cancelled attempt left us waiting for traffic that will never come
+            self._free_session(old, "cancelled")
+        s = Session(next(self._sid), "middle", last_activity=self.now, inserted=True, rid=msg.rid)
         left = Side(s, True, t, Path(reverse(msg.sub)))
         right = Side(s, False, reverse(t), Path(self.ports.allocate(self.address, msg.hops[1])))
         s.left, s.right, s.sides = left, right, [left, right]

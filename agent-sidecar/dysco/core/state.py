@@ -140,6 +140,8 @@ class Session:
     last_activity: float = 0.0
     closing_at: float | None = None  # lingering after close, freed at this time
     torn: bool = False  # old-path middlebox told to go away
+    inserted: bool = False  # joined mid-session through a new path (saw no handshake)
+    rid: int = 0  # for an inserted session: the reconfiguration that created it
     removal: tuple[int, ...] | None = None  # ReplaceSelf wanted: replacement hops
     removal_tries: int = 0
     removal_at: float | None = None

@@ -3,8 +3,8 @@
 Two hooks, each in a dedicated chain so that removal is exact and never touches rules
 that other tools (kube-proxy, CNI plugins, a middlebox's own firewall) wrote:
 
-* ``DYSCO-IN``  from ``mangle PREROUTING``: TCP addressed to a local address
-  (core ``Hook.INPUT``).
+* ``DYSCO-IN``  from ``raw PREROUTING`` (or ``mangle``, see `DEFAULT_INPUT_TABLE`):
+  TCP addressed to a local address (core ``Hook.INPUT``).
 * ``DYSCO-OUT`` from ``mangle POSTROUTING``: TCP leaving the pod, whether sent by a
   local socket or forwarded by a middlebox (core ``Hook.OUTPUT``).
 
@@ -38,6 +38,11 @@ DEFAULT_QUEUE_OUT = 2017
 # One bit of skb->mark; veth scrubs the mark when a packet changes namespace, so it
 # cannot clash with marks the node's own rules use.
 DEFAULT_MARK = 0x00400000
+# The input hook runs in the raw table, before conntrack (priority -300 < -200), so that
+# conntrack, NAT and firewalls in the pod only ever see the session as the application
+# sees it; in mangle (-150) conntrack would have keyed its entry on the subsession
+# tuple and replies arriving on another subsession would look INVALID.
+DEFAULT_INPUT_TABLE = "raw"
 
 
 class Variant(enum.Enum):
@@ -73,6 +78,15 @@ def detect_variant(ns: str | None = None) -> Variant:
 
 
 @dataclass(frozen=True)
+class _Hook:
+    table: str
+    builtin: str
+    chain: str
+    jump: tuple[str, ...]
+    queue: int
+
+
+@dataclass(frozen=True)
 class Interception:
     """The interception rules of one namespace (`ns` None: the current one)."""
 
@@ -81,72 +95,77 @@ class Interception:
     queue_in: int = DEFAULT_QUEUE_IN
     queue_out: int = DEFAULT_QUEUE_OUT
     mark: int = DEFAULT_MARK
+    input_table: str = DEFAULT_INPUT_TABLE
 
-    def _jumps(self) -> list[tuple[str, list[str]]]:
+    def _hooks(self) -> list[_Hook]:
         return [
-            ("PREROUTING",
-             ["-p", "tcp", "!", "-i", "lo", "-m", "addrtype", "--dst-type", "LOCAL",
-              "-j", CHAIN_IN]),
-            ("POSTROUTING", ["-p", "tcp", "!", "-o", "lo", "-j", CHAIN_OUT]),
+            _Hook(self.input_table, "PREROUTING", CHAIN_IN,
+                  ("-p", "tcp", "!", "-i", "lo", "-m", "addrtype", "--dst-type", "LOCAL"),
+                  self.queue_in),
+            _Hook("mangle", "POSTROUTING", CHAIN_OUT, ("-p", "tcp", "!", "-o", "lo"),
+                  self.queue_out),
         ]
 
-    def _iptables(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return netns.run(self.ns, [self.variant.binary(), "-w", "-t", "mangle", *args],
+    def _iptables(self, table: str, *args: str,
+                  check: bool = True) -> subprocess.CompletedProcess[str]:
+        return netns.run(self.ns, [self.variant.binary(), "-w", "-t", table, *args],
                          check=check)
 
     def install(self) -> None:
         """Create or refresh both chains and their jumps; running it twice changes nothing."""
         skip = f"-m mark --mark {self.mark:#x}/{self.mark:#x} -j RETURN"
-        script = "\n".join([
-            "*mangle",
-            f":{CHAIN_IN} - [0:0]",        # declaring a chain with --noflush empties it
-            f":{CHAIN_OUT} - [0:0]",
-            f"-A {CHAIN_IN} {skip}",
-            f"-A {CHAIN_IN} -j NFQUEUE --queue-num {self.queue_in}",
-            f"-A {CHAIN_OUT} {skip}",
-            f"-A {CHAIN_OUT} -j NFQUEUE --queue-num {self.queue_out}",
-            "COMMIT",
-            "",
-        ])
-        netns.run(self.ns, [self.variant.binary("iptables-restore"), "-w", "--noflush"],
-                  stdin=script)
-        for chain, spec in self._jumps():
-            if self._iptables("-C", chain, *spec, check=False).returncode != 0:
-                self._iptables("-I", chain, "1", *spec)
+        for hook in self._hooks():
+            script = "\n".join([
+                f"*{hook.table}",
+                f":{hook.chain} - [0:0]",  # declaring a chain with --noflush empties it
+                f"-A {hook.chain} {skip}",
+                f"-A {hook.chain} -j NFQUEUE --queue-num {hook.queue}",
+                "COMMIT",
+                "",
+            ])
+            netns.run(self.ns, [self.variant.binary("iptables-restore"), "-w", "--noflush"],
+                      stdin=script)
+            jump = (hook.builtin, *hook.jump, "-j", hook.chain)
+            if self._iptables(hook.table, "-C", *jump, check=False).returncode != 0:
+                self._iptables(hook.table, "-I", hook.builtin, "1", *jump[1:])
 
     def remove(self) -> None:
         """Delete our jumps and chains, and nothing else; a no-op when absent."""
-        for chain, spec in self._jumps():
-            while self._iptables("-D", chain, *spec, check=False).returncode == 0:
+        for hook in self._hooks():
+            jump = (hook.builtin, *hook.jump, "-j", hook.chain)
+            while self._iptables(hook.table, "-D", *jump, check=False).returncode == 0:
                 pass
-        for chain in (CHAIN_IN, CHAIN_OUT):
-            if self._iptables("-F", chain, check=False).returncode == 0:
-                self._iptables("-X", chain)
-        if self.variant is Variant.NFT:
-            self._drop_empty_nft_table()
+            if self._iptables(hook.table, "-F", hook.chain, check=False).returncode == 0:
+                self._iptables(hook.table, "-X", hook.chain)
+            if self.variant is Variant.NFT:
+                self._drop_empty_nft_table(hook.table)
 
-    def _drop_empty_nft_table(self) -> None:
-        """iptables-nft creates base chains and the `ip mangle` table on first use and
-        never deletes them; drop the ones we may have created if they are empty and
-        accept by default, so the namespace looks as before. nft refuses to delete a
-        chain that still has rules, so this cannot remove anybody's rules."""
-        save = netns.run(self.ns, [self.variant.binary("iptables-save"), "-t", "mangle"],
+    def _drop_empty_nft_table(self, table: str) -> None:
+        """iptables-nft creates base chains and tables on first use and never deletes
+        them; drop the ones we may have created if they are empty and accept by
+        default, so the namespace looks as before. nft refuses to delete a chain that
+        still has rules, so this cannot remove anybody's rules."""
+        save = netns.run(self.ns, [self.variant.binary("iptables-save"), "-t", table],
                          check=False).stdout.splitlines()
-        for chain in ("PREROUTING", "POSTROUTING"):
-            accepts = any(line.startswith(f":{chain} ACCEPT ") for line in save)
-            if accepts and not any(line.startswith(f"-A {chain} ") for line in save):
-                netns.run(self.ns, ["nft", "delete", "chain", "ip", "mangle", chain],
-                          check=False)
-        table = netns.run(self.ns, ["nft", "list", "table", "ip", "mangle"], check=False)
-        if table.returncode == 0 and "chain " not in table.stdout:
-            netns.run(self.ns, ["nft", "delete", "table", "ip", "mangle"], check=False)
+        for line in save:
+            if line.startswith(":") and line.split()[1] == "ACCEPT":
+                chain = line.split()[0][1:]
+                if not any(rule.startswith(f"-A {chain} ") for rule in save):
+                    netns.run(self.ns, ["nft", "delete", "chain", "ip", table, chain],
+                              check=False)
+        listing = netns.run(self.ns, ["nft", "list", "table", "ip", table], check=False)
+        if listing.returncode == 0 and "chain " not in listing.stdout:
+            netns.run(self.ns, ["nft", "delete", "table", "ip", table], check=False)
 
     def listing(self) -> list[str]:
         """Our rules and chains as iptables-save prints them (empty when not installed)."""
-        save = netns.run(self.ns, [self.variant.binary("iptables-save"), "-t", "mangle"],
-                         check=False).stdout
-        return [line for line in save.splitlines()
-                if CHAIN_IN in line or CHAIN_OUT in line]
+        lines = []
+        for table in sorted({hook.table for hook in self._hooks()}):
+            save = netns.run(self.ns, [self.variant.binary("iptables-save"), "-t", table],
+                             check=False).stdout
+            lines += [f"{table}: {line}" for line in save.splitlines()
+                      if CHAIN_IN in line or CHAIN_OUT in line]
+        return lines
 
     def installed(self) -> bool:
         return len(self.listing()) == 8

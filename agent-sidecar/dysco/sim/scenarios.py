@@ -146,7 +146,7 @@ def proxy_removal(world: World, size: int) -> Setup:
 
 
 def nat(world: World, size: int) -> Setup:
-    c, s, h = _chain(world, size, (M1,), {"M1": "nat", "X": "fwd"})
+    c, s, h = _chain(world, size * 2, (M1,), {"M1": "nat", "X": "fwd"})
     _at(world, 0.02, h["M1"], cmd.InsertRight(ALL, (X,)))
     _then(world, [(h["A"], cmd.InsertRight(ALL, (), right_anchor=X))])
     return Setup(world, c, s, h, 2)
@@ -161,7 +161,7 @@ def cancel_retry(world: World, size: int) -> Setup:
 
 
 def five_successive(world: World, size: int) -> Setup:
-    c, s, h = _chain(world, size * 4, (), {"M1": "fwd", "M2": "shift", "X": "fwd", "Y": "fwd"})
+    c, s, h = _chain(world, size * 8, (), {"M1": "fwd", "M2": "shift", "X": "fwd", "Y": "fwd"})
     _at(world, 0.02, h["A"], cmd.InsertRight(ALL, (M1,)))
     _then(world, [
         (h["M1"], cmd.InsertRight(ALL, (X,))),
