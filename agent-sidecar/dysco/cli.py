@@ -1,10 +1,33 @@
-"""The `dysco` command line."""
+"""The `dysco` command line: one entry point, a subcommand per job."""
+
 from __future__ import annotations
 
 import argparse
+import sys
+
+from .sim.cli import add_sim_parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dysco",
+        description="Dysco for Kubernetes: insert, remove and replace middleboxes inside "
+        "live TCP sessions.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_sim_parser(sub)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dysco")
-    parser.parse_args(argv)
-    return 0
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Dysco operator: ServiceChain -> per-node DyscoNodePlans (the paper's policy server)."""

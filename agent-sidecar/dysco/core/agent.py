@@ -99,12 +99,13 @@ class Agent(Reconfigurer):
 
     # ================= packets =================
     def _owned_raw(self, data: bytes | bytearray, hook: Hook) -> bool:
-        """Best effort: does an unparseable packet carry the tuple of one of our sessions?"""
-        if len(data) < 24 or data[0] >> 4 != 4:
-            return False
+        """Might an unparseable packet belong to one of our sessions? Unreadable tuples
+        count as ours (fail closed); readable ones are checked against the tables."""
+        if len(data) < 20 or data[0] >> 4 != 4:
+            return True
         ihl = (data[0] & 0x0F) * 4
-        if len(data) < ihl + 4:
-            return False
+        if ihl < 20 or len(data) < ihl + 4:
+            return True
         t = (
             int.from_bytes(data[12:16], "big"), int.from_bytes(data[16:20], "big"),
             int.from_bytes(data[ihl : ihl + 2], "big"), int.from_bytes(data[ihl + 2 : ihl + 4], "big"),
@@ -223,15 +224,15 @@ class Agent(Reconfigurer):
         if s.torn:
             self._drop()
             return
-        s.last_activity = self.now
         flags = pkt.flags
         syn = bool(flags & SYN)
+        if syn and not flags & ACK and s.syn_payload and pkt.payload_len:
+            raise RemoteError("SYN with data from a Dysco session's app", "syn_data")
         if syn and pkt.tag() is not None:
             pkt = pkt.without_tag()
+        s.last_activity = self.now
         track_out(side, pkt, syn)
         if syn and not flags & ACK and s.syn_payload:
-            if pkt.payload_len:
-                raise RemoteError("SYN with data from a Dysco session's app", "syn_data")
             pkt = pkt.rebuild(payload=s.syn_payload)
         rc = side.rc
         if side.phase is Phase.TWO_PATHS and rc is not None and side.new is not None:
@@ -253,7 +254,6 @@ class Agent(Reconfigurer):
         if s.torn:
             self._drop()
             return
-        s.last_activity = self.now
         flags = pkt.flags
         syn = bool(flags & SYN)
         if syn and not flags & ACK:
@@ -261,6 +261,7 @@ class Agent(Reconfigurer):
                 pkt = pkt.rebuild(payload=b"")
             if s.tag is not None and s.pending_hops:
                 pkt = pkt.with_tag(s.tag)
+        s.last_activity = self.now
         on_new = path is side.new
         if on_new and side.phase is Phase.WAITING:
             self._enter_two_paths(side)  # first sign that the left anchor switched

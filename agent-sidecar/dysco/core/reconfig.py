@@ -128,16 +128,18 @@ class Reconfigurer(AgentBase):
         right = s.right
         if right is None:
             return self._nack(msg, side, NackReason.NO_ANCHOR)
-        if s.torn or not self._idle(side) or not self._idle(right):
-            return self._nack(msg, side, NackReason.BUSY)
-        if right.lock is Lock.UNLOCKED or right.lock_rid == msg.rid:
-            if right.lock is Lock.UNLOCKED:
-                right.lock, right.lock_rid, right.lock_la = Lock.PENDING, msg.rid, msg.la
-            return self._forward_request(msg, s)
-        if right.lock is Lock.PENDING and right.lock_la == self.address:
+        if right.lock is Lock.PENDING and right.lock_la == self.address and not s.torn:
             right.saved = msg  # our own request is pending: answer this one after ours
             return None
-        return self._nack(msg, side, NackReason.LOCKED)
+        if right.lock is Lock.LOCKED and right.lock_rid != msg.rid:
+            return self._nack(msg, side, NackReason.LOCKED)
+        if s.torn or not self._idle(side) or not self._idle(right):
+            return self._nack(msg, side, NackReason.BUSY)
+        if right.lock is Lock.UNLOCKED:
+            right.lock, right.lock_rid, right.lock_la = Lock.PENDING, msg.rid, msg.la
+        elif right.lock_rid != msg.rid:
+            return self._nack(msg, side, NackReason.CONTENTION)
+        return self._forward_request(msg, s)
 
     def _forward_request(self, msg: Control, s: Session) -> None:
         assert s.right is not None
@@ -190,6 +192,11 @@ class Reconfigurer(AgentBase):
         if rc is not None and rc.role == "left" and rc.rid == msg.rid:
             if side.phase is Phase.REQUESTING:
                 self._locked(side, rc, seq.add(msg.value, side.path.rcv_off))
+            return
+        if msg.la == self.address:
+            # a lock granted for an attempt we abandoned: release it along the path
+            stale = Control(MsgType.CANCEL_LOCK, msg.rid, side.path.sub_out, msg.la, msg.ra)
+            self._send(stale, side.path.peer)
             return
         if side.lock_rid != msg.rid or side.lock is Lock.UNLOCKED:
             return
@@ -296,6 +303,8 @@ class Reconfigurer(AgentBase):
             return
         if right.lock_rid == msg.rid and right.lock is not Lock.UNLOCKED:
             right.lock = Lock.UNLOCKED
+        if right.saved is not None and right.saved.rid == msg.rid:
+            right.saved = None
         fwd = Control(MsgType.CANCEL_LOCK, msg.rid, right.path.sub_out, msg.la, msg.ra)
         self._send(fwd, right.path.peer)
 

@@ -12,6 +12,8 @@ import re
 import sys
 from pathlib import Path
 
+from dysco.dataplane import nfq
+
 from . import bench, scenarios
 from .topology import DEFAULT_PREFIX, OFFLOAD_MODES, Lab
 
@@ -64,7 +66,8 @@ def _run(args: argparse.Namespace) -> int:
     if not args.scenario:
         print("dysco lab run: give --scenario NAME or --list", file=sys.stderr)
         return 2
-    opts = scenarios.Options(bytes=args.bytes, sessions=args.sessions, timeout=args.timeout)
+    opts = scenarios.Options(bytes=args.bytes, sessions=args.sessions, timeout=args.timeout,
+                             backend=args.backend)
     result = scenarios.run(args.scenario, _lab(args), opts)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -97,6 +100,8 @@ def add_lab_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
                      help="bytes per direction per session (e.g. 50M)")
     run.add_argument("--sessions", type=int, default=1)
     run.add_argument("--timeout", type=float, default=30.0, help="socket timeout, s")
+    run.add_argument("--backend", choices=sorted(nfq.BACKENDS), default="raw",
+                     help="NFQUEUE backend of the Dysco agents")
     run.add_argument("--json", action="store_true", help="print the full result as JSON")
     run.set_defaults(func=_run)
 

@@ -44,6 +44,7 @@ class SessionResult:
     max_gap_s: float = 0.0   # longest time a direction made no progress
     stalled: bool = False
     error: str | None = None
+    prefix: str = ""         # hex of the `skip` bytes a middlebox put before the stream
 
 
 class _Progress:
@@ -121,30 +122,38 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return data
 
 
-def exchange(sock: socket.socket, nbytes: int, *, is_client: bool,
-             timeout: float) -> SessionResult:
-    """Send and receive `nbytes` at once on a connected socket; close it at the end."""
+def exchange(sock: socket.socket, nbytes: int, *, is_client: bool, timeout: float,
+             skip: int = 0) -> SessionResult:
+    """Send and receive `nbytes` at once on a connected socket; close it at the end.
+
+    The first `skip` received bytes are not part of the stream (a proxy's banner):
+    they are reported as `prefix` and left out of the count and the hash."""
     res = SessionResult(local="{}:{}".format(*sock.getsockname()),
                         peer="{}:{}".format(*sock.getpeername()))
     sock.settimeout(timeout)
     start = time.monotonic()
     prog = [_Progress(), _Progress()]
     first = b""
+    sender: threading.Thread | None = None
     try:
         if is_client:
             token = random.randbytes(TOKEN_LEN)
-            lead = token
+            sender = threading.Thread(target=_send,
+                                      args=(sock, token, nbytes, token, res, prog[0]))
+            sender.start()
+            res.prefix = _recv_exact(sock, skip).hex()
         else:
+            res.prefix = _recv_exact(sock, skip).hex()
             token = first = _recv_exact(sock, TOKEN_LEN)
-            lead = b""
+            sender = threading.Thread(target=_send, args=(sock, token, nbytes, b"", res, prog[0]))
+            sender.start()
         res.token = token.hex()
-        sender = threading.Thread(target=_send, args=(sock, token, nbytes, lead, res, prog[0]))
-        sender.start()
         _receive(sock, res, prog[1], first)
-        sender.join()
     except OSError as exc:
         res.error = _error_name(exc)
     finally:
+        if sender is not None:
+            sender.join()
         sock.close()
     res.seconds = round(time.monotonic() - start, 4)
     res.max_gap_s = round(max(p.max_gap for p in prog), 3)
@@ -153,11 +162,12 @@ def exchange(sock: socket.socket, nbytes: int, *, is_client: bool,
 
 
 def _run_sessions(socks: list[socket.socket], nbytes: int, is_client: bool,
-                  timeout: float) -> list[SessionResult]:
+                  timeout: float, skip: int) -> list[SessionResult]:
     results: list[SessionResult] = [SessionResult() for _ in socks]
 
     def one(i: int) -> None:
-        results[i] = exchange(socks[i], nbytes, is_client=is_client, timeout=timeout)
+        results[i] = exchange(socks[i], nbytes, is_client=is_client, timeout=timeout,
+                              skip=skip)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(socks))]
     for t in threads:
@@ -167,7 +177,8 @@ def _run_sessions(socks: list[socket.socket], nbytes: int, is_client: bool,
     return results
 
 
-def serve(bind: str, port: int, sessions: int, nbytes: int, timeout: float) -> dict[str, Any]:
+def serve(bind: str, port: int, sessions: int, nbytes: int, timeout: float,
+          skip: int = 0) -> dict[str, Any]:
     """Accept `sessions` connections and run them all at once."""
     listener = socket.create_server((bind, port), backlog=max(16, sessions))
     listener.settimeout(timeout)
@@ -182,12 +193,12 @@ def serve(bind: str, port: int, sessions: int, nbytes: int, timeout: float) -> d
         return {"role": "server", "error": _error_name(exc), "sessions": []}
     finally:
         listener.close()
-    results = _run_sessions(socks, nbytes, False, timeout)
+    results = _run_sessions(socks, nbytes, False, timeout, skip)
     return {"role": "server", "error": None, "sessions": [asdict(r) for r in results]}
 
 
-def connect(host: str, port: int, sessions: int, nbytes: int,
-            timeout: float) -> dict[str, Any]:
+def connect(host: str, port: int, sessions: int, nbytes: int, timeout: float,
+            skip: int = 0) -> dict[str, Any]:
     """Open `sessions` connections, timing each connect(), then run them all at once."""
     socks, connect_ms = [], []
     try:
@@ -199,7 +210,7 @@ def connect(host: str, port: int, sessions: int, nbytes: int,
         for s in socks:
             s.close()
         return {"role": "client", "error": _error_name(exc), "sessions": []}
-    results = _run_sessions(socks, nbytes, True, timeout)
+    results = _run_sessions(socks, nbytes, True, timeout, skip)
     return {"role": "client", "error": None, "connect_ms": connect_ms,
             "sessions": [asdict(r) for r in results]}
 
@@ -212,11 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sessions", type=int, default=1)
     ap.add_argument("--bytes", type=int, default=1 << 20, help="bytes per direction per session")
     ap.add_argument("--timeout", type=float, default=10.0, help="socket timeout (hard stall)")
+    ap.add_argument("--skip", type=int, default=0,
+                    help="received bytes that precede the stream (a proxy's banner)")
     a = ap.parse_args(argv)
     if a.role == "server":
-        out = serve(a.host, a.port, a.sessions, a.bytes, a.timeout)
+        out = serve(a.host, a.port, a.sessions, a.bytes, a.timeout, a.skip)
     else:
-        out = connect(a.host, a.port, a.sessions, a.bytes, a.timeout)
+        out = connect(a.host, a.port, a.sessions, a.bytes, a.timeout, a.skip)
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
     return 0

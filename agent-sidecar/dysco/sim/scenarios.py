@@ -132,7 +132,7 @@ def delete_two(world: World, size: int) -> Setup:
 
 
 def contention(world: World, size: int) -> Setup:
-    c, s, h = _chain(world, size, (M1, M2), {"M1": "fwd", "M2": "fwd", "X": "fwd", "Y": "fwd"})
+    c, s, h = _chain(world, size * 3, (M1, M2), {"M1": "fwd", "M2": "fwd", "X": "fwd", "Y": "fwd"})
     _at(world, 0.02, h["A"], cmd.InsertRight(ALL, (X,), right_anchor=M2))
     _at(world, 0.02, h["M1"], cmd.InsertRight(ALL, (Y,), right_anchor=D))
     return Setup(world, c, s, h, 1, at_least=True)
@@ -140,7 +140,7 @@ def contention(world: World, size: int) -> Setup:
 
 def proxy_removal(world: World, size: int) -> Setup:
     banners = (b"HELLO-FROM-PROXY\r\n", b"X-Proxy: seen\r\n\r\nbanner")
-    c, s, h = _chain(world, size, (M1,), {"M1": "proxy"}, banner=banners)
+    c, s, h = _chain(world, size * 2, (M1,), {"M1": "proxy"}, banner=banners)
     _at(world, 0.03, h["M1"], cmd.ReplaceSelf(ALL, ()))
     return Setup(world, c, s, h, 1)
 
