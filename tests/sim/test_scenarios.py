@@ -11,7 +11,6 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
-
 from dysco.sim.runner import run_many, run_one
 from dysco.sim.scenarios import SCENARIOS
 

@@ -6,9 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from dysco.core import Agent, Hook, Notify, Verdict
 from dysco.core import control as ctl
 from dysco.core.events import Rejected
@@ -16,6 +13,8 @@ from dysco.core.packet import ACK, build
 from dysco.sim.network import LinkModel
 from dysco.sim.scenarios import SCENARIOS
 from dysco.sim.world import World
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 
 def digest(a: Agent) -> Any:

@@ -19,7 +19,10 @@ def side(cut: int, orm: int, old_acked: int) -> tuple[Side, Reconfig]:
     return sd, rc
 
 
-def pkt(s: int, a: int, payload: bytes = b"", flags: int = ACK | PSH, sack: list[tuple[int, int]] | None = None) -> TcpPacket:
+def pkt(
+    s: int, a: int, payload: bytes = b"", flags: int = ACK | PSH,
+    sack: list[tuple[int, int]] | None = None,
+) -> TcpPacket:
     opts = sack_option(sack) if sack else b""
     return TcpPacket.parse(build(1, 2, 10, 20, s, a, flags, options=opts, payload=payload))
 
@@ -69,15 +72,16 @@ def test_pure_acks_follow_the_data_they_acknowledge() -> None:
 def test_sack_blocks_above_the_old_path_are_clipped_there() -> None:
     sd, rc = side(cut=1000, orm=500, old_acked=400)
     out = split_two_paths(sd, rc, pkt(1000, 450, b"", ACK, sack=[(460, 480), (600, 700)]))
-    old = [p for p, new in out if not new][0]
-    new = [p for p, n in out if n][0]
+    old = next(p for p, new in out if not new)
+    new = next(p for p, n in out if n)
     assert old.sack_blocks() == [(460, 480)]
     assert new.sack_blocks() == [(460, 480), (600, 700)]
 
 
 def test_rst_goes_on_both_paths() -> None:
     sd, rc = side(cut=1000, orm=500, old_acked=400)
-    assert sorted(new for _, new in split_two_paths(sd, rc, pkt(1000, 500, b"", RST | ACK))) == [False, True]
+    out = split_two_paths(sd, rc, pkt(1000, 500, b"", RST | ACK))
+    assert sorted(new for _, new in out) == [False, True]
 
 
 def test_clip_sack_across_wraparound() -> None:

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from dysco.core import control as ctl
 from dysco.core import synlist
 from dysco.core.errors import RemoteError
 from dysco.core.packet import (
-    ACK, FIN, OPT_MSS, PSH, SYN, TcpPacket, build, sack_option, verify_checksums,
+    ACK,
+    FIN,
+    OPT_MSS,
+    PSH,
+    SYN,
+    TcpPacket,
+    build,
+    sack_option,
+    verify_checksums,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 u32 = st.integers(0, 2**32 - 1)
 u16 = st.integers(0, 2**16 - 1)
@@ -37,8 +45,9 @@ def packets(draw: st.DrawFn) -> bytes:
 
 @settings(max_examples=300)
 @given(packets(), tuples, u32, u32, st.lists(st.tuples(u32, u32), max_size=3))
-def test_incremental_rewrite_keeps_checksums_valid(data: bytes, t: tuple[int, int, int, int],
-                                                   s: int, a: int, blocks: list[tuple[int, int]]) -> None:
+def test_incremental_rewrite_keeps_checksums_valid(
+    data: bytes, t: tuple[int, int, int, int], s: int, a: int, blocks: list[tuple[int, int]]
+) -> None:
     pkt = TcpPacket.parse(data)
     pkt.set_tuple(t)
     pkt.set_seq(s)
@@ -47,7 +56,7 @@ def test_incremental_rewrite_keeps_checksums_valid(data: bytes, t: tuple[int, in
         pkt.set_sack_blocks(blocks[: len(pkt.sack_blocks())])
     assert verify_checksums(pkt.buf)
     again = TcpPacket.parse(pkt.to_bytes())
-    assert again.tuple() == t and again.seq == s and again.ack == a
+    assert again.tuple4() == t and again.seq == s and again.ack == a
 
 
 @settings(max_examples=200)
@@ -71,10 +80,8 @@ def test_every_truncation_is_rejected_with_a_typed_error(data: bytes) -> None:
 @settings(max_examples=500)
 @given(st.binary(max_size=120))
 def test_parse_never_raises_anything_else(data: bytes) -> None:
-    try:
+    with contextlib.suppress(RemoteError):
         TcpPacket.parse(data)
-    except RemoteError:
-        pass
 
 
 @given(tuples, st.lists(addr, min_size=1, max_size=16), u32)
@@ -86,10 +93,8 @@ def test_synlist_round_trip(t: tuple[int, int, int, int], hops: list[int], rev: 
 @settings(max_examples=300)
 @given(st.binary(max_size=100))
 def test_synlist_garbage_rejected(data: bytes) -> None:
-    try:
+    with contextlib.suppress(RemoteError):
         synlist.decode(data)
-    except RemoteError:
-        pass
 
 
 messages = st.builds(
@@ -119,10 +124,8 @@ def test_control_round_trip_and_truncations(msg: ctl.Control) -> None:
 @settings(max_examples=500)
 @given(st.binary(max_size=200))
 def test_control_garbage_rejected(data: bytes) -> None:
-    try:
+    with contextlib.suppress(RemoteError):
         ctl.decode(data)
-    except RemoteError:
-        pass
 
 
 def test_bad_fields_named_in_the_error() -> None:

@@ -94,7 +94,7 @@ class Agent(Reconfigurer):
     def _select(self, sel: Selector) -> list[Session]:
         return [
             s for s in list(self.sessions.values())
-            if not s.torn and sel.matches(s.tuple(), s.policy)
+            if not s.torn and sel.matches(s.tuple4(), s.policy)
         ]
 
     # ================= packets =================
@@ -108,12 +108,13 @@ class Agent(Reconfigurer):
             return True
         t = (
             int.from_bytes(data[12:16], "big"), int.from_bytes(data[16:20], "big"),
-            int.from_bytes(data[ihl : ihl + 2], "big"), int.from_bytes(data[ihl + 2 : ihl + 4], "big"),
+            int.from_bytes(data[ihl : ihl + 2], "big"),
+            int.from_bytes(data[ihl + 2 : ihl + 4], "big"),
         )
         return t in (self.by_out if hook is Hook.OUTPUT else self.by_in)
 
     def _output(self, pkt: TcpPacket) -> None:
-        key = pkt.tuple()
+        key = pkt.tuple4()
         side = self.by_out.get(key)
         flags = pkt.flags
         if side is not None:
@@ -134,7 +135,7 @@ class Agent(Reconfigurer):
                 return
 
     def _input(self, pkt: TcpPacket) -> None:
-        key = pkt.tuple()
+        key = pkt.tuple4()
         entry = self.by_in.get(key)
         if entry is not None:
             self._receive_on_side(entry[0], entry[1], pkt)
@@ -160,7 +161,7 @@ class Agent(Reconfigurer):
         return s
 
     def _left_end_syn(self, policy: Policy, pkt: TcpPacket) -> None:
-        t = pkt.tuple()
+        t = pkt.tuple4()
         n = next(self._rr)
         hops = tuple(choose_instance(h, t, n, frozenset()) for h in policy.hops)
         chain = (*hops, t[1])
@@ -202,7 +203,7 @@ class Agent(Reconfigurer):
         assert s.left is not None
         if pkt.tag() is not None:
             pkt = pkt.without_tag()
-        t = pkt.tuple()
+        t = pkt.tuple4()
         if t in self.by_out:
             raise RemoteError("middlebox emitted a tuple already in use", "tuple_clash")
         nxt = s.pending_hops[0]

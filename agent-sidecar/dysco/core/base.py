@@ -94,7 +94,8 @@ class AgentBase:
             self.ports.release(path.sub_out)
             until = self.now + self.config.linger
             self.tombstones[path.sub_in] = until
-            self._at(until, lambda now, k=path.sub_in: self._expire_tombstone(k, now))
+            key = path.sub_in
+            self._at(until, lambda now: self._expire_tombstone(key, now))
 
     def _expire_tombstone(self, key: Tuple4, now: float) -> None:
         until = self.tombstones.get(key)
@@ -119,7 +120,7 @@ class AgentBase:
             del self.pending[s.left.local]
         if s.tag is not None:
             self.pending_tag.pop(s.tag, None)
-        self._notify(SessionClosed(s.tuple(), how))
+        self._notify(SessionClosed(s.tuple4(), how))
 
     def _send_teardown(self, side: Side, old: Path) -> None:
         """Best-effort TEARDOWN copies along a retired old path (idle timers catch losses)."""
@@ -127,11 +128,10 @@ class AgentBase:
         assert rc is not None
         msg = ctl.Control(ctl.MsgType.TEARDOWN, rc.rid, old.sub_out, self.address, rc.other)
         data = msg.encode()
-        for k in range(self.config.teardown_copies):
-            if k == 0:
-                self._out.append(SendControl(old.peer, data))
-            else:
-                self._at(
-                    self.now + k * self.config.teardown_interval,
-                    lambda now, d=data, p=old.peer: self._out.append(SendControl(p, d)),
-                )
+        peer = old.peer
+        self._out.append(SendControl(peer, data))
+        for k in range(1, self.config.teardown_copies):
+            self._at(
+                self.now + k * self.config.teardown_interval,
+                lambda now: self._out.append(SendControl(peer, data)),
+            )

@@ -158,7 +158,7 @@ class TcpPacket:
     def ip_checksum(self) -> int:
         return int(struct.unpack_from("!H", self.buf, 10)[0])
 
-    def tuple(self) -> tuple[int, int, int, int]:
+    def tuple4(self) -> tuple[int, int, int, int]:
         return (self.src, self.dst, self.sport, self.dport)
 
     def options(self) -> list[tuple[int, int, int]]:
@@ -208,10 +208,11 @@ class TcpPacket:
         if found is None:
             return []
         off, ln = found
-        return [
-            (int(a), int(b))
-            for a, b in (struct.unpack_from("!II", self.buf, off + 2 + 8 * k) for k in range((ln - 2) // 8))
-        ]
+        blocks = []
+        for k in range((ln - 2) // 8):
+            a, b = struct.unpack_from("!II", self.buf, off + 2 + 8 * k)
+            blocks.append((int(a), int(b)))
+        return blocks
 
     def timestamps(self) -> tuple[int, int] | None:
         found = self.find_option(OPT_TS)
@@ -310,13 +311,14 @@ class TcpPacket:
         self._set_tcp_csum(0)
         tcp_len = self.total_len - self.ihl
         pseudo = ck.ones_sum(bytes(buf[12:20])) + PROTO_TCP + tcp_len
-        self._set_tcp_csum(ck.finish(ck.ones_sum(memoryview(buf)[self.ihl : self.total_len], pseudo)))
+        tcp = memoryview(buf)[self.ihl : self.total_len]
+        self._set_tcp_csum(ck.finish(ck.ones_sum(tcp, pseudo)))
 
     def rebuild(self, options: bytes | None = None, payload: bytes | None = None) -> TcpPacket:
         """A new packet with other options and/or payload; checksums recomputed."""
         opts = bytes(self.buf[self.ihl + 20 : self.ihl + self.doff]) if options is None else options
         if len(opts) % 4:
-            opts += bytes([OPT_NOP]) * (4 - len(opts) % 4) if len(opts) % 4 else b""
+            opts += bytes([OPT_NOP]) * (4 - len(opts) % 4)
         body = self.payload if payload is None else payload
         doff = 20 + len(opts)
         if doff > 60:
@@ -396,7 +398,9 @@ def build(
         options += bytes([OPT_NOP]) * (4 - len(options) % 4)
     doff = 20 + len(options)
     total = 20 + doff + len(payload)
-    ip = struct.pack("!BBHHHBBHII", 0x45, 0, total, ident & 0xFFFF, 0x4000, ttl, PROTO_TCP, 0, src, dst)
+    ip = struct.pack(
+        "!BBHHHBBHII", 0x45, 0, total, ident & 0xFFFF, 0x4000, ttl, PROTO_TCP, 0, src, dst
+    )
     tcp = struct.pack(
         "!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, (doff // 4) << 4, flags,
         window, 0, 0,

@@ -60,7 +60,7 @@ class Reconfigurer(AgentBase):
         side.phase = Phase.REQUESTING
         side.lock, side.lock_rid, side.lock_la = Lock.PENDING, rid, self.address
         self.by_rid[rid] = side
-        self._notify(ReconfigStarted(s.tuple(), rid, ra, hops))
+        self._notify(ReconfigStarted(s.tuple4(), rid, ra, hops))
         self._send_request(side)
         return True
 
@@ -269,7 +269,7 @@ class Reconfigurer(AgentBase):
             side.new = None
         side.phase = Phase.CANCELING
         rc.tries = 0
-        self._notify(ReconfigFailed(side.session.tuple(), rc.rid, why, final=False))
+        self._notify(ReconfigFailed(side.session.tuple4(), rc.rid, why, final=False))
         self._send_cancel(side)
 
     def _send_cancel(self, side: Side) -> None:
@@ -351,7 +351,7 @@ class Reconfigurer(AgentBase):
             side.new = None
         last = final or rc.attempt >= self.config.reconfig_attempts
         if why != "cancelled" or last:
-            self._notify(ReconfigFailed(side.session.tuple(), rc.rid, why, final=last))
+            self._notify(ReconfigFailed(side.session.tuple4(), rc.rid, why, final=last))
         if not last:
             ra, hops, attempt = rc.other, rc.hops, rc.attempt + 1
             when = self.now + self.config.retry_backoff * rc.attempt
@@ -368,7 +368,7 @@ class Reconfigurer(AgentBase):
             when = self.now + self.config.retry_backoff * attempt
             self._at(when, lambda now: self._retry(side, ra, hops, attempt + 1))
         else:
-            self._notify(ReconfigFailed(s.tuple(), 0, "busy", final=True))
+            self._notify(ReconfigFailed(s.tuple4(), 0, "busy", final=True))
 
     # ----- the new path -----
     def _on_syn(self, msg: Control, src: int) -> None:
@@ -576,7 +576,7 @@ class Reconfigurer(AgentBase):
         side.rc = None
         if rc.role == "left":
             side.lock = Lock.UNLOCKED
-        self._notify(ReconfigDone(side.session.tuple(), rc.rid, rc.role, rc.started, self.now))
+        self._notify(ReconfigDone(side.session.tuple4(), rc.rid, rc.role, rc.started, self.now))
 
     def _on_teardown(self, msg: Control) -> None:
         entry = self.by_in.get(msg.sub)
@@ -617,7 +617,7 @@ class Reconfigurer(AgentBase):
             return
         msg = Control(
             MsgType.RIGHT_REQUEST, 0, left.path.sub_out, left.path.peer, right.path.peer,
-            session=s.tuple(), hops=s.removal,
+            session=s.tuple4(), hops=s.removal,
         )
         self._send(msg, left.path.peer)
 

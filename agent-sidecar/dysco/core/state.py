@@ -147,7 +147,7 @@ class Session:
     removal_at: float | None = None
     sides: list[Side] = field(default_factory=list)
 
-    def tuple(self) -> Tuple4:
+    def tuple4(self) -> Tuple4:
         """The session as its left end's app sees it (left to right)."""
         if self.left is not None:
             return self.left.local

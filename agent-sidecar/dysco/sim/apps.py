@@ -28,7 +28,7 @@ class AckWatcher:
 
     def record(self, pkt: TcpPacket) -> None:
         """A packet as forwarded (output space)."""
-        t = pkt.tuple()
+        t = pkt.tuple4()
         n = pkt.seg_len
         if n:
             end = seq.add(pkt.seq, n)
@@ -37,14 +37,17 @@ class AckWatcher:
 
     def check(self, pkt: TcpPacket) -> None:
         """A packet as received (input space): its ack must cover forwarded data only."""
-        t = pkt.tuple()
+        t = pkt.tuple4()
         if pkt.flags & ACK:
             back = (t[1], t[0], t[3], t[2])
             limit = self.high.get(back)
             if limit is None:
                 return
             if seq.gt(pkt.ack, limit):
-                self.violations.append(f"{self.name}: saw ack for data it never forwarded ({seq.sub(pkt.ack, limit)} beyond, {t})")
+                beyond = seq.sub(pkt.ack, limit)
+                self.violations.append(
+                    f"{self.name}: saw ack for data it never forwarded ({beyond} beyond, {t})"
+                )
             for _a, b in pkt.sack_blocks():
                 if seq.gt(b, limit):
                     self.violations.append(f"{self.name}: saw SACK for data it never forwarded")
@@ -108,7 +111,7 @@ class Endpoint:
         pkt = TcpPacket.parse(data)
         if self.conn is None:
             if pkt.flags & SYN and not pkt.flags & ACK:
-                t = pkt.tuple()
+                t = pkt.tuple4()
                 self.conn = self._make((t[1], t[0], t[3], t[2]))
                 self.conn.listen()
                 self._pumped = 0
@@ -209,7 +212,7 @@ class Proxy:
 
     def receive(self, data: bytes) -> None:
         pkt = TcpPacket.parse(data)
-        t = pkt.tuple()
+        t = pkt.tuple4()
         if self.session is None:
             if not (pkt.flags & SYN) or pkt.flags & ACK:
                 return

@@ -49,7 +49,9 @@ def run_one(name: str, seed: int, loss: float = 0.0, size: int = 20_000,
     }
 
 
-def run_many(name: str, runs: int, seed: int, loss: float, size: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def run_many(
+    name: str, runs: int, seed: int, loss: float, size: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     t0 = time.perf_counter()
     results = [run_one(name, seed + i, loss, size) for i in range(runs)]
     bad = [r for r in results if not r["ok"]]

@@ -127,7 +127,8 @@ class TcpEndpoint:
                 self.snd_max = seq.max_(self.snd_max, self.snd_nxt)
                 self._arm_if_idle()
                 continue
-            if avail == 0 and self.closing and (self.fin_seq is None or self.snd_nxt == self.fin_seq):
+            fin_due = self.fin_seq is None or self.snd_nxt == self.fin_seq
+            if avail == 0 and self.closing and fin_due:
                 if self.fin_seq is None:
                     self.fin_seq = self.snd_nxt
                 if seq.le(self.snd_nxt, self.fin_seq):

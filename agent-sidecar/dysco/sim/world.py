@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..core import Agent, AgentConfig, Hook
+from ..core import Action, Agent, AgentConfig, Hook
 from ..core import commands as cmd
 from ..core.actions import Inject, Notify, SendControl, Verdict
 from ..core.events import Event, ReconfigDone, ReconfigFailed, Rejected, SessionClosed
@@ -62,7 +62,7 @@ class Host:
     def command(self, c: cmd.Command) -> None:
         self._run(self.agent.command(c, self.now), None)
 
-    def _run(self, actions: list[object], hook: Hook | None) -> None:
+    def _run(self, actions: list[Action], hook: Hook | None) -> None:
         for a in actions:
             if isinstance(a, Verdict):
                 if a.data is not None and hook is not None:
