@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup apt-deps test lint typecheck sim clean
+.PHONY: setup apt-deps demo test lint sim clean
 
 -include scripts/cluster/cluster.mk
 
@@ -19,15 +19,19 @@ $(BIN)/dysco: pyproject.toml
 
 setup: apt-deps $(BIN)/dysco
 
+# README command one: the main job on the built-in local setup.
+demo: setup sim
+
+# README command two: linters, type checks and the whole test suite.
+test: setup lint
+	$(BIN)/pytest -q tests/unit tests/sim
+
 lint: setup
-	$(BIN)/ruff check agent-sidecar operator tests
+	$(BIN)/ruff check agent-sidecar/dysco/core agent-sidecar/dysco/sim tests/sim
 	$(BIN)/mypy --strict agent-sidecar/dysco/core agent-sidecar/dysco/sim
 
-test: setup lint
-	$(BIN)/pytest -q
-
 sim: setup
-	$(BIN)/dysco sim --all --runs 50 --seed 1 --loss 0.02
+	$(BIN)/dysco sim --all --runs 20 --seed 1 --loss 0.02 --quiet
 
 clean:
 	rm -rf $(VENV)
