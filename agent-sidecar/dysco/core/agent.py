@@ -295,8 +295,10 @@ class Agent(Reconfigurer):
             self._free_session(s, "teardown" if s.torn else "fin")
 
     def _close_now(self, s: Session, how: str) -> None:
-        """RST: forget the session after a short linger that drops stray packets."""
-        s.torn = True
+        """RST: forget the session after the linger (the RST itself still passes through
+        a middlebox's application and out the other side meanwhile)."""
+        if s.closing_at is not None and s.closing_at <= self.now + self.config.linger:
+            return
         s.closing_at = self.now + self.config.linger
         self._at(s.closing_at, lambda now: self._linger_done_as(s, how, now))
 
