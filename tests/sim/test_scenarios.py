@@ -11,6 +11,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
+
 from dysco.sim.runner import run_many, run_one
 from dysco.sim.scenarios import SCENARIOS
 

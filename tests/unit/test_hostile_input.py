@@ -6,15 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from dysco.core import Agent, Hook, Notify, Verdict
 from dysco.core import control as ctl
+from dysco.core.auth import Authenticator
 from dysco.core.events import Rejected
 from dysco.core.packet import ACK, build
 from dysco.sim.network import LinkModel
 from dysco.sim.scenarios import SCENARIOS
-from dysco.sim.world import World
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from dysco.sim.world import SIM_KEYS, World
 
 
 def digest(a: Agent) -> Any:
@@ -85,6 +87,25 @@ def test_unknown_subsession_messages_only_get_a_nack(live: World) -> None:
     a = _agents(live)[0]
     before = digest(a)
     msg = ctl.Control(ctl.MsgType.REQUEST_LOCK, 99, (9, 9, 9, 9), 9, 9)
-    acts = a.control(9, msg.encode(), live.engine.now)
+    peer = Authenticator(dict(SIM_KEYS), 1)
+    acts = a.control(9, peer.seal(msg.encode(), 9, live.engine.now), live.engine.now)
     assert digest(a) == before
-    assert len(acts) == 1 and ctl.decode(acts[0].data).type is ctl.MsgType.NACK_LOCK  # type: ignore[union-attr]
+    assert len(acts) == 1
+    reply = Authenticator(dict(SIM_KEYS), 1).open(acts[0].data, a.address, live.engine.now)  # type: ignore[union-attr]
+    assert ctl.decode(reply).type is ctl.MsgType.NACK_LOCK
+
+
+def test_a_hostile_pod_without_the_key_cannot_touch_sessions(live: World) -> None:
+    """Well-formed lock, cancel, teardown and right-request messages naming real
+    subsessions, sent by someone without the cluster key (or with a wrong one)."""
+    wrong = Authenticator({1: b"not-the-cluster-secret!!"}, 1)
+    for a in _agents(live):
+        for sub, (_side, path) in list(a.by_in.items())[:2]:
+            for mtype in (ctl.MsgType.REQUEST_LOCK, ctl.MsgType.CANCEL_LOCK, ctl.MsgType.TEARDOWN,
+                          ctl.MsgType.RIGHT_REQUEST, ctl.MsgType.NACK_LOCK):
+                msg = ctl.Control(mtype, 7, sub, a.address, path.peer).encode()
+                for data in (msg, wrong.seal(msg, sub[0], live.engine.now)):
+                    before = digest(a)
+                    acts = a.control(sub[0], data, live.engine.now)
+                    assert digest(a) == before
+                    assert [type(x) for x in acts] == [Notify]

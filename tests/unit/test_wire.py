@@ -6,6 +6,9 @@ import contextlib
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from dysco.core import control as ctl
 from dysco.core import synlist
 from dysco.core.errors import RemoteError
@@ -20,8 +23,6 @@ from dysco.core.packet import (
     sack_option,
     verify_checksums,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 u32 = st.integers(0, 2**32 - 1)
 u16 = st.integers(0, 2**16 - 1)

@@ -8,6 +8,7 @@ from . import commands as cmd
 from . import control as ctl
 from . import seq, synlist
 from .actions import Action, Hook
+from .auth import Authenticator
 from .config import AgentConfig
 from .control import MsgType
 from .datapath import split_two_paths, to_local, to_wire, track_in, track_out
@@ -52,7 +53,8 @@ class Agent(Reconfigurer):
     def control(self, src: int, data: bytes, now: float) -> list[Action]:
         self._begin(now)
         try:
-            msg = ctl.decode(data)
+            body = data if self.auth is None else self.auth.open(data, src, now)
+            msg = ctl.decode(body)
         except RemoteError as e:
             self._notify(Rejected("control", e.reason, str(e)))
             return self._end()
@@ -85,6 +87,12 @@ class Agent(Reconfigurer):
                     s.removal = command.hops
                     s.removal_tries = 0
                     self._removal_tick(s, now)
+        elif isinstance(command, cmd.SetKeys):
+            if self.auth is None:
+                self.auth = Authenticator(dict(command.keys), command.current,
+                                          self.config.auth_window)
+            else:
+                self.auth.set_keys(dict(command.keys), command.current)
         elif isinstance(command, cmd.SetContentDelta):
             for s in self._select(command.selector):
                 s.content_l2r = command.left_to_right

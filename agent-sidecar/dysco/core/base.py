@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from . import control as ctl
 from .actions import Action, Hook, Inject, Notify, SendControl, Verdict
+from .auth import Authenticator
 from .config import AgentConfig
 from .events import Event, SessionClosed
 from .policy import Policy
@@ -32,6 +33,10 @@ class AgentBase:
         self.tombstones: dict[Tuple4, float] = {}  # retired subsessions: drop until then
         self.policies: tuple[Policy, ...] = ()
         self.ports = PortAllocator(config.local_ports, config.peer_ports)
+        self.auth = (
+            Authenticator(dict(config.keys), config.current_key, config.auth_window)
+            if config.keys else None
+        )
         self._sid = itertools.count(1)
         self._tags = itertools.count(1)
         self._rid = itertools.count(1)
@@ -69,7 +74,10 @@ class AgentBase:
         self._out.append(Notify(event))
 
     def _send(self, msg: ctl.Control, dst: int) -> None:
-        self._out.append(SendControl(dst, msg.encode()))
+        self._out.append(SendControl(dst, self._seal(msg.encode())))
+
+    def _seal(self, data: bytes) -> bytes:
+        return data if self.auth is None else self.auth.seal(data, self.address, self.now)
 
     # ----- timers -----
     def _at(self, when: float, fn: Timer) -> None:
@@ -127,11 +135,8 @@ class AgentBase:
         rc = side.rc
         assert rc is not None
         msg = ctl.Control(ctl.MsgType.TEARDOWN, rc.rid, old.sub_out, self.address, rc.other)
-        data = msg.encode()
         peer = old.peer
-        self._out.append(SendControl(peer, data))
+        self._send(msg, peer)
         for k in range(1, self.config.teardown_copies):
-            self._at(
-                self.now + k * self.config.teardown_interval,
-                lambda now: self._out.append(SendControl(peer, data)),
-            )
+            when = self.now + k * self.config.teardown_interval
+            self._at(when, lambda now: self._send(msg, peer))

@@ -44,4 +44,13 @@ class SetContentDelta:
     right_to_left: int
 
 
-Command = SetPolicies | InsertRight | ReplaceSelf | SetContentDelta
+@dataclass(frozen=True, slots=True)
+class SetKeys:
+    """Control-message keys: during a rotation both the old and the new key are listed,
+    `current` (used for sending) moves to the new one, then the old one is dropped."""
+
+    keys: tuple[tuple[int, bytes], ...]
+    current: int
+
+
+Command = SetPolicies | InsertRight | ReplaceSelf | SetContentDelta | SetKeys

@@ -33,3 +33,7 @@ class AgentConfig:
     idle_timeout: float = 120.0
     linger: float = 2.0
     max_sessions: int = 100_000
+    # Control-message keys (id -> secret); empty disables authentication (tests only).
+    keys: tuple[tuple[int, bytes], ...] = ()
+    current_key: int = 0
+    auth_window: float = 30.0

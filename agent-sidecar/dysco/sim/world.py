@@ -21,6 +21,8 @@ SIM_AGENT = dict(
     cancel_timeout=0.02, retry_backoff=0.03, removal_retry=0.05, teardown_interval=0.005,
     anchor_guard=2.0, idle_timeout=5.0, linger=1.5,
 )
+# every simulated agent authenticates control messages with the same cluster key
+SIM_KEYS = ((1, b"simulated-cluster-secret-0001"),)
 
 
 class App(Protocol):
@@ -41,7 +43,9 @@ class Host:
         self.world = world
         self.name = name
         self.address = address
-        self.agent = Agent(AgentConfig(address=address, **SIM_AGENT))  # type: ignore[arg-type]
+        self.agent = Agent(
+            AgentConfig(address=address, keys=SIM_KEYS, current_key=1, **SIM_AGENT)  # type: ignore[arg-type]
+        )
         self.app: App | None = None
         self._wake_at: float | None = None
         world.net.attach(address, self.from_network, self.from_control)
