@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from .sim.cli import add_sim_parser
+from .sim.fuzz import add_fuzz_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_sim_parser(sub)
+    add_fuzz_parser(sub)
     return parser
 
 

@@ -130,6 +130,11 @@ class Agent(Reconfigurer):
             return
         if not (flags & SYN) or flags & ACK:
             return
+        if pkt.payload_len and (key in self.pending or pkt.tag() is not None or any(
+            p.matches(key) for p in self.policies
+        )):
+            # the SYN list rides as payload: an app SYN with data cannot open a chain
+            raise RemoteError("SYN with data from an app whose sessions Dysco carries", "syn_data")
         s = self.pending.get(key)
         if s is None:
             tag = pkt.tag()
