@@ -31,7 +31,7 @@ class AgentConfig:
     # An anchor that acked a lock but hears nothing more gives up after this long.
     anchor_guard: float = 5.0
     idle_timeout: float = 120.0
-    linger: float = 2.0
+    linger: float = 60.0
     max_sessions: int = 100_000
     # Control-message keys (id -> secret); empty disables authentication (tests only).
     keys: tuple[tuple[int, bytes], ...] = ()

@@ -61,7 +61,7 @@ def _chain(world: World, size: int, hops: tuple[int, ...], mids: dict[str, str],
     rng = world.rng
     up = rng.randbytes(size)
     down = rng.randbytes(size)
-    chunk, interval = 500, 0.002
+    chunk, interval = 500, 0.006
     server = Endpoint(world, hosts["D"], down, banner[0] + up, chunk, interval)
     client = Endpoint(world, hosts["A"], up, banner[1] + down, chunk, interval,
                       connect_to=(A, D, 33000, 80))

@@ -19,7 +19,7 @@ from .network import LinkModel, Network
 SIM_AGENT = dict(
     lock_timeout=0.02, syn_timeout=0.02, ack_timeout=0.02, complete_timeout=0.02,
     cancel_timeout=0.02, retry_backoff=0.03, removal_retry=0.05, teardown_interval=0.005,
-    anchor_guard=2.0, idle_timeout=5.0, linger=1.5,
+    anchor_guard=2.0, idle_timeout=20.0, linger=10.0,
 )
 # every simulated agent authenticates control messages with the same cluster key
 SIM_KEYS = ((1, b"simulated-cluster-secret-0001"),)
