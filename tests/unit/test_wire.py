@@ -140,3 +140,13 @@ def test_bad_fields_named_in_the_error() -> None:
     with pytest.raises(RemoteError) as e:
         TcpPacket.parse(b"\x60" + bytes(39))
     assert e.value.reason == "not_ipv4"
+
+
+@given(u32, u32)
+def test_timestamp_option_is_read(tsval: int, tsecr: int) -> None:
+    opts = bytes([1, 1, OPT_TS, 10]) + struct.pack("!II", tsval, tsecr)
+    pkt = TcpPacket.parse(build(1, 2, 3, 4, 5, 6, ACK, options=opts))
+    assert pkt.timestamps() == (tsval, tsecr)
+    bad = bytes([1, 1, OPT_TS, 9]) + bytes(8)
+    with pytest.raises(RemoteError):
+        TcpPacket.parse(build(1, 2, 3, 4, 5, 6, ACK, options=bad))

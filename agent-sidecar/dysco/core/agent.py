@@ -331,9 +331,6 @@ class Agent(Reconfigurer):
             self._watch_idle(s)
 
     # ================= control messages =================
-    def _on_request(self, msg: ctl.Control, src: int) -> None:
-        self._on_request_lock(msg, src)
-
     _control_table = {
         MsgType.REQUEST_LOCK: lambda a, m, src: a._on_request_lock(m, src),
         MsgType.ACK_LOCK: lambda a, m, src: a._on_ack_lock(m),

@@ -1,8 +1,8 @@
 """Typed errors for input the core refuses.
 
-Two kinds, as in h11: `RemoteError` is garbage from the network (a malformed packet or
-control message); `UsageError` is misuse by the local caller. Every `RemoteError`
-carries a short machine-readable `reason` that drivers use as a metric label.
+`RemoteError` is garbage from the network (a malformed packet or control message); it
+carries a short machine-readable `reason` that drivers use as a metric label. Misuse by
+the local caller (a driver bug) raises the ordinary ValueError or TypeError.
 """
 
 from __future__ import annotations
@@ -42,6 +42,3 @@ class SynPayloadError(RemoteError):
 class ControlError(RemoteError):
     reason = "bad_control"
 
-
-class UsageError(DyscoError):
-    """The local caller asked for something impossible (a bug in the driver)."""

@@ -19,7 +19,6 @@ SYN = 0x02
 RST = 0x04
 PSH = 0x08
 ACK = 0x10
-URG = 0x20
 
 OPT_EOL = 0
 OPT_NOP = 1
@@ -215,6 +214,7 @@ class TcpPacket:
         return blocks
 
     def timestamps(self) -> tuple[int, int] | None:
+        """(TSval, TSecr) of the RFC 7323 timestamp option, if present."""
         found = self.find_option(OPT_TS)
         if found is None:
             return None

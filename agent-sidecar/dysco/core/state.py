@@ -75,7 +75,6 @@ class Reconfig:
     old_rcvd_max: int | None = None  # highest peer seq end that came on the old path
     old_acked: int | None = None  # highest ack we sent on the old path
     old_data_since_ack: bool = False
-    new_acked: int | None = None
     peer_complete: bool = False  # left anchor: got COMPLETE from the right anchor
     complete_sent: bool = False  # right anchor: COMPLETE sent, resent until acked
     tries: int = 0  # retransmissions of the current request
@@ -144,7 +143,6 @@ class Session:
     rid: int = 0  # for an inserted session: the reconfiguration that created it
     removal: tuple[int, ...] | None = None  # ReplaceSelf wanted: replacement hops
     removal_tries: int = 0
-    removal_at: float | None = None
     sides: list[Side] = field(default_factory=list)
 
     def tuple4(self) -> Tuple4:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..core import Selector, seq
 from ..core.commands import SetContentDelta
-from ..core.packet import ACK, FIN, SYN, TcpPacket
+from ..core.packet import ACK, SYN, TcpPacket
 from .tcp import TcpEndpoint
 from .world import Host, World
 
@@ -248,7 +248,3 @@ class Proxy:
         if self.left is not None and self.right is not None:
             self.left.kill()
             self.right.kill()
-
-    @staticmethod
-    def flags_of(data: bytes) -> int:
-        return TcpPacket.parse(data).flags & (SYN | FIN)
