@@ -16,6 +16,7 @@ from dysco.core.packet import (
     ACK,
     FIN,
     OPT_MSS,
+    OPT_TS,
     PSH,
     SYN,
     TcpPacket,
