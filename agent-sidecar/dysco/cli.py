@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .k8s.cli import add_agent_parser
+from .lab.cli import add_bench_parser, add_lab_parser
 from .sim.cli import add_sim_parser
 from .sim.fuzz import add_fuzz_parser
 
@@ -18,6 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_sim_parser(sub)
     add_fuzz_parser(sub)
+    add_lab_parser(sub)
+    add_bench_parser(sub)
+    add_agent_parser(sub)
     return parser
 
 

@@ -168,14 +168,14 @@ class Agent(Reconfigurer):
             self._notify(Rejected("packet", "session_table_full", "SYN dropped"))
             self._drop()
             return None
-        s = Session(next(self._sid), role, policy, revision, last_activity=self.now)
+        s = Session(self._count("sid"), role, policy, revision, last_activity=self.now)
         self.sessions[s.sid] = s
         self._watch_idle(s)
         return s
 
     def _left_end_syn(self, policy: Policy, pkt: TcpPacket) -> None:
         t = pkt.tuple4()
-        n = next(self._rr)
+        n = self._count("rr")
         hops = tuple(choose_instance(h, t, n, frozenset()) for h in policy.hops)
         chain = (*hops, t[1])
         s = self._new_session("left", policy.name, policy.revision)
@@ -205,7 +205,7 @@ class Agent(Reconfigurer):
         self.by_out[left.out_key] = left
         if rest:
             s.pending_hops = rest
-            s.tag = next(self._tags) & 0xFFFFFFFF
+            s.tag = self._count("tag") & 0xFFFFFFFF
             self.pending[t] = s
             self.pending_tag[s.tag] = s
         self._notify(SessionOpened(t, "", s.role))
@@ -305,18 +305,16 @@ class Agent(Reconfigurer):
 
     def _linger_done(self, s: Session, now: float) -> None:
         if s.closing_at is not None and s.closing_at <= now:
-            self._free_session(s, "teardown" if s.torn else "fin")
+            self._free_session(s, s.close_how)
 
     def _close_now(self, s: Session, how: str) -> None:
         """RST: forget the session after the linger (the RST itself still passes through
         a middlebox's application and out the other side meanwhile)."""
         if s.closing_at is not None and s.closing_at <= self.now + self.config.linger:
             return
+        s.close_how = how
         s.closing_at = self.now + self.config.linger
-        self._at(s.closing_at, lambda now: self._linger_done_as(s, how, now))
-
-    def _linger_done_as(self, s: Session, how: str, now: float) -> None:
-        self._free_session(s, how)
+        self._at(s.closing_at, lambda now: self._linger_done(s, now))
 
     def _watch_idle(self, s: Session) -> None:
         when = s.last_activity + self.config.idle_timeout

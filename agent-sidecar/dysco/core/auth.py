@@ -33,7 +33,7 @@ class Authenticator:
         self.set_keys(keys, current)
         self.window = window
         self.max_seen = max_seen
-        self._last = 0
+        self.last_nonce = 0
         self._seen: dict[int, dict[int, float]] = {}  # sender -> nonce -> accepted at
         self._seen_count = 0
         self._next_prune = 0.0
@@ -51,8 +51,8 @@ class Authenticator:
         return hmac.new(key, head + body, hashlib.sha256).digest()[:MAC_LEN]
 
     def seal(self, body: bytes, sender: int, now: float) -> bytes:
-        nonce = max(self._last + 1, int(now * 1000) << 16)
-        self._last = nonce
+        nonce = max(self.last_nonce + 1, int(now * 1000) << 16)
+        self.last_nonce = nonce
         kid = self.current
         return body + TRAILER.pack(kid, nonce, self._mac(self.keys[kid], body, kid, nonce, sender))
 

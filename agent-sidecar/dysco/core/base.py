@@ -37,15 +37,17 @@ class AgentBase:
             Authenticator(dict(config.keys), config.current_key, config.auth_window)
             if config.keys else None
         )
-        self._sid = itertools.count(1)
-        self._tags = itertools.count(1)
-        self._rid = itertools.count(1)
-        self._rr = itertools.count()
+        # counters: session ids, SYN tags, reconfiguration ids, round robin
+        self.counters = {"sid": 0, "tag": 0, "rid": 0, "rr": 0}
         self._timers: list[tuple[float, int, Timer]] = []
         self._tseq = itertools.count()
         self._out: list[Action] = []
         self._verdict_given = False
         self.now = 0.0
+
+    def _count(self, name: str) -> int:
+        self.counters[name] += 1
+        return self.counters[name]
 
     # ----- collecting actions -----
     def _begin(self, now: float) -> None:

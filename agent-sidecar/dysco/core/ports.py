@@ -36,3 +36,10 @@ class PortAllocator:
 
     def in_use(self) -> int:
         return len(self._used)
+
+    def used(self) -> frozenset[Tuple4]:
+        return frozenset(self._used)
+
+    def reserve(self, t: Tuple4) -> None:
+        """Mark a tuple taken (restoring a snapshot)."""
+        self._used.add(t)

@@ -13,7 +13,7 @@ from . import seq
 from .base import AgentBase
 from .control import Control, MsgType, NackReason
 from .events import ReconfigDone, ReconfigFailed, ReconfigStarted
-from .state import Lock, Path, Phase, Reconfig, Session, Side, reverse
+from .state import Lock, Path, Phase, Reconfig, Retry, Session, Side, reverse
 
 _PERMANENT = {NackReason.NO_ANCHOR, NackReason.NO_SESSION}
 
@@ -54,7 +54,7 @@ class Reconfigurer(AgentBase):
             return False
         if not self._idle(side) or side.lock is not Lock.UNLOCKED:
             return False
-        rid = (self.address << 32) | (next(self._rid) & 0xFFFFFFFF)
+        rid = (self.address << 32) | (self._count("rid") & 0xFFFFFFFF)
         rc = Reconfig(rid, "left", ra, hops, self.now, attempt=attempt)
         side.rc = rc
         side.phase = Phase.REQUESTING
@@ -353,20 +353,26 @@ class Reconfigurer(AgentBase):
         if why != "cancelled" or last:
             self._notify(ReconfigFailed(side.session.tuple4(), rc.rid, why, final=last))
         if not last:
-            ra, hops, attempt = rc.other, rc.hops, rc.attempt + 1
             when = self.now + self.config.retry_backoff * rc.attempt
-            self._at(when, lambda now: self._retry(side, ra, hops, attempt))
+            self._arm_retry(side, Retry(when, rc.other, rc.hops, rc.attempt + 1))
 
-    def _retry(self, side: Side, ra: int, hops: tuple[int, ...], attempt: int) -> None:
-        if side.session.sid in self.sessions and not self._start(side, ra, hops, attempt):
-            self._retry_later(side, ra, hops, attempt)
+    def _arm_retry(self, side: Side, retry: Retry) -> None:
+        side.retry = retry
+        self._at(retry.at, lambda now: self._retry(side, retry))
+
+    def _retry(self, side: Side, retry: Retry) -> None:
+        if side.retry is not retry or side.session.sid not in self.sessions:
+            return
+        side.retry = None
+        if not self._start(side, retry.right_anchor, retry.hops, retry.attempt):
+            self._retry_later(side, retry.right_anchor, retry.hops, retry.attempt)
 
     def _retry_later(self, side: Side, ra: int, hops: tuple[int, ...], attempt: int) -> None:
         """The side is busy (or not established yet): try again after a backoff."""
         s = side.session
         if attempt < self.config.reconfig_attempts and s.closing_at is None and not s.torn:
             when = self.now + self.config.retry_backoff * attempt
-            self._at(when, lambda now: self._retry(side, ra, hops, attempt + 1))
+            self._arm_retry(side, Retry(when, ra, hops, attempt + 1))
         else:
             self._notify(ReconfigFailed(s.tuple4(), 0, "busy", final=True))
 
@@ -404,7 +410,8 @@ class Reconfigurer(AgentBase):
                 return
             # a cancelled attempt left us waiting for traffic that will never come
             self._free_session(old, "cancelled")
-        s = Session(next(self._sid), "middle", last_activity=self.now, inserted=True, rid=msg.rid)
+        s = Session(self._count("sid"), "middle", last_activity=self.now, inserted=True,
+                    rid=msg.rid)
         left = Side(s, True, t, Path(reverse(msg.sub)))
         right = Side(s, False, reverse(t), Path(self.ports.allocate(self.address, msg.hops[1])))
         s.left, s.right, s.sides = left, right, [left, right]
@@ -596,6 +603,7 @@ class Reconfigurer(AgentBase):
             self._send(fwd, s.right.path.peer)
         if not s.torn:
             s.torn = True
+            s.close_how = "teardown"
             s.closing_at = self.now + self.config.linger
             self._at(s.closing_at, lambda now: self._linger_done(s, now))
 

@@ -81,6 +81,14 @@ class Reconfig:
     deadline: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Retry:
+    at: float
+    right_anchor: int
+    hops: tuple[int, ...]
+    attempt: int
+
+
 @dataclass(slots=True)
 class Side:
     session: Session
@@ -95,6 +103,7 @@ class Side:
     lock_rid: int = 0
     lock_la: int = 0
     saved: Control | None = None  # a request blocked by our own pending request
+    retry: Retry | None = None  # a reconfiguration to try again later
     # stream tracking, local space
     isn_in: int | None = None
     isn_out: int | None = None
@@ -138,6 +147,7 @@ class Session:
     content_r2l: int = 0
     last_activity: float = 0.0
     closing_at: float | None = None  # lingering after close, freed at this time
+    close_how: str = "fin"  # how it ended: fin, rst, teardown
     torn: bool = False  # old-path middlebox told to go away
     inserted: bool = False  # joined mid-session through a new path (saw no handshake)
     rid: int = 0  # for an inserted session: the reconfiguration that created it

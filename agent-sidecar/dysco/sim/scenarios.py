@@ -172,6 +172,15 @@ def five_successive(world: World, size: int) -> Setup:
     return Setup(world, c, s, h, 5)
 
 
+def agent_restart(world: World, size: int) -> Setup:
+    c, s, h = _chain(world, size, (M1,), {"M1": "fwd", "X": "fwd"})
+    _at(world, 0.02, h["A"], cmd.InsertRight(ALL, (X,)))
+    world.engine.at(0.03, lambda: h["M1"].restart(0.03))  # the right anchor, mid-handshake
+    world.engine.at(0.09, lambda: h["A"].restart(0.02))  # the left anchor, later on
+    world.engine.at(0.15, lambda: h["X"].restart(0.02))  # the inserted middlebox
+    return Setup(world, c, s, h, 1)
+
+
 SCENARIOS: dict[str, tuple[Builder, str]] = {
     "insert-two": (insert_two, "no middlebox -> insert two (model run 1)"),
     "delete-one": (delete_one, "one delta middlebox -> delete it (model run 2)"),
@@ -183,4 +192,5 @@ SCENARIOS: dict[str, tuple[Builder, str]] = {
     "nat": (nat, "a NAT middlebox: tag matching at setup, insert right of it, remove it"),
     "cancel-retry": (cancel_retry, "new path cannot be built -> cancel -> retry succeeds"),
     "five-successive": (five_successive, "five successive reconfigurations of one session"),
+    "agent-restart": (agent_restart, "agents restart from persisted state during a reconfiguration"),
 }

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..core import Action, Agent, AgentConfig, Hook
+from ..core import Action, Agent, AgentConfig, Hook, persist
 from ..core import commands as cmd
 from ..core.actions import Inject, Notify, SendControl, Verdict
 from ..core.events import Event, ReconfigDone, ReconfigFailed, Rejected, SessionClosed
@@ -47,6 +48,7 @@ class Host:
             AgentConfig(address=address, keys=SIM_KEYS, current_key=1, **SIM_AGENT)  # type: ignore[arg-type]
         )
         self.app: App | None = None
+        self.down = False  # agent restarting: its queues have no reader, packets drop
         self._wake_at: float | None = None
         world.net.attach(address, self.from_network, self.from_control)
 
@@ -55,13 +57,31 @@ class Host:
         return self.world.engine.now
 
     def app_send(self, data: bytes) -> None:
-        self._run(self.agent.packet(Hook.OUTPUT, data, self.now), Hook.OUTPUT)
+        if not self.down:
+            self._run(self.agent.packet(Hook.OUTPUT, data, self.now), Hook.OUTPUT)
 
     def from_network(self, data: bytes) -> None:
-        self._run(self.agent.packet(Hook.INPUT, data, self.now), Hook.INPUT)
+        if not self.down:
+            self._run(self.agent.packet(Hook.INPUT, data, self.now), Hook.INPUT)
 
     def from_control(self, src: int, data: bytes) -> None:
-        self._run(self.agent.control(src, data, self.now), None)
+        if not self.down:
+            self._run(self.agent.control(src, data, self.now), None)
+
+    def restart(self, gap: float) -> None:
+        """Stop the agent (state written as JSON, as to the node's tmpfs), start a new one
+        `gap` seconds later from that state. Meanwhile packets are dropped, never passed."""
+        saved = json.dumps(persist.snapshot(self.agent))
+        self.down = True
+        config = self.agent.config
+
+        def start() -> None:
+            self.agent = persist.restore(config, json.loads(saved), self.now)
+            self.down = False
+            self._wake_at = None
+            self._schedule()
+
+        self.world.engine.after(gap, start)
 
     def command(self, c: cmd.Command) -> None:
         self._run(self.agent.command(c, self.now), None)
@@ -96,6 +116,8 @@ class Host:
 
     def _wake(self) -> None:
         self._wake_at = None
+        if self.down:
+            return
         d = self.agent.next_deadline()
         if d is not None and d <= self.now:
             self._run(self.agent.timer(self.now), None)
