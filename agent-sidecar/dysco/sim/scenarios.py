@@ -192,5 +192,5 @@ SCENARIOS: dict[str, tuple[Builder, str]] = {
     "nat": (nat, "a NAT middlebox: tag matching at setup, insert right of it, remove it"),
     "cancel-retry": (cancel_retry, "new path cannot be built -> cancel -> retry succeeds"),
     "five-successive": (five_successive, "five successive reconfigurations of one session"),
-    "agent-restart": (agent_restart, "agents restart from persisted state during a reconfiguration"),
+    "agent-restart": (agent_restart, "agents restart from saved state during a reconfiguration"),
 }
