@@ -38,35 +38,31 @@ def to_local(pkt: TcpPacket, side: Side, path: Path) -> None:
 
 def track_out(side: Side, pkt: TcpPacket, syn: bool) -> None:
     """Record what the local app sent towards this side (local space)."""
-    s = pkt.seq
+    s, a, flags, plen = pkt.header()
     if syn:
         side.isn_out = s
-    n = pkt.seg_len
+    n = plen + (1 if syn else 0) + (1 if flags & FIN else 0)
     if n:
-        end = seq.add(s, n)
+        end = (s + n) & seq.MASK
         side.snd_max = end if side.snd_max is None else seq.max_(side.snd_max, end)
-    flags = pkt.flags
     if flags & FIN:
-        side.fin_out = seq.add(s, pkt.payload_len + (1 if syn else 0))
+        side.fin_out = (s + plen + (1 if syn else 0)) & seq.MASK
     if flags & ACK:
-        a = pkt.ack
         side.rcv_acked = a if side.rcv_acked is None else seq.max_(side.rcv_acked, a)
 
 
 def track_in(side: Side, pkt: TcpPacket, syn: bool) -> None:
     """Record what arrived from this side (local space, after translation)."""
-    s = pkt.seq
+    s, a, flags, plen = pkt.header()
     if syn:
         side.isn_in = s
-    n = pkt.seg_len
+    n = plen + (1 if syn else 0) + (1 if flags & FIN else 0)
     if n:
-        end = seq.add(s, n)
+        end = (s + n) & seq.MASK
         side.rcv_max = end if side.rcv_max is None else seq.max_(side.rcv_max, end)
-    flags = pkt.flags
     if flags & FIN:
-        side.fin_in = seq.add(s, pkt.payload_len + (1 if syn else 0))
+        side.fin_in = (s + plen + (1 if syn else 0)) & seq.MASK
     if flags & ACK:
-        a = pkt.ack
         side.snd_acked = a if side.snd_acked is None else seq.max_(side.snd_acked, a)
 
 

@@ -35,6 +35,12 @@ TAG_LEN = 8
 PROTO_TCP = 6
 
 _FIXED_OPT_LEN = {OPT_MSS: 4, OPT_WSCALE: 3, OPT_SACK_OK: 2, OPT_TS: 10}
+_WORD = struct.Struct("!H")
+_ADDR_WORDS = struct.Struct("!4H")
+_PORT_WORDS = struct.Struct("!2H")
+_ADDRS = struct.Struct("!II")
+_PORTS = struct.Struct("!HH")
+_SEQ_ACK = struct.Struct("!IIBB")
 
 
 def ip_to_int(text: str) -> int:
@@ -257,10 +263,33 @@ class TcpPacket:
         self._set16(self.ihl + 2, value)
 
     def set_tuple(self, t: tuple[int, int, int, int]) -> None:
-        self.set_src(t[0])
-        self.set_dst(t[1])
-        self.set_sport(t[2])
-        self.set_dport(t[3])
+        """Rewrite addresses and ports at once: one incremental update per checksum."""
+        buf, ihl = self.buf, self.ihl
+        a0, a1, a2, a3 = _ADDR_WORDS.unpack_from(buf, 12)
+        p0, p1 = _PORT_WORDS.unpack_from(buf, ihl)
+        src, dst, sport, dport = t
+        old_a = a0 + a1 + a2 + a3
+        new_a = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF)
+        old_p = p0 + p1
+        new_p = sport + dport
+        if old_a == new_a and old_p == new_p and (a0, a1, a2, a3, p0, p1) == (
+            src >> 16, src & 0xFFFF, dst >> 16, dst & 0xFFFF, sport, dport
+        ):
+            return
+        # RFC 1624 over several words: HC' = ~(~HC + sum(~m) + sum(m'))
+        ip_c, = _WORD.unpack_from(buf, 10)
+        tcp_c, = _WORD.unpack_from(buf, ihl + 16)
+        ip_total = (~ip_c & 0xFFFF) + 4 * 0xFFFF - old_a + new_a
+        tcp_total = (~tcp_c & 0xFFFF) + 6 * 0xFFFF - old_a - old_p + new_a + new_p
+        _ADDRS.pack_into(buf, 12, src, dst)
+        _PORTS.pack_into(buf, ihl, sport, dport)
+        _WORD.pack_into(buf, 10, ~ck.fold(ip_total) & 0xFFFF)
+        _WORD.pack_into(buf, ihl + 16, ~ck.fold(tcp_total) & 0xFFFF)
+
+    def header(self) -> tuple[int, int, int, int]:
+        """(seq, ack, flags, payload length) in one read, for the per-packet path."""
+        s, a, _off, f = _SEQ_ACK.unpack_from(self.buf, self.ihl + 4)
+        return s, a, f, self.total_len - self.ihl - self.doff
 
     def set_seq(self, value: int) -> None:
         self._set32(self.ihl + 4, value, ip_header=False)
