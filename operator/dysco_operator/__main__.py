@@ -6,7 +6,9 @@ import argparse
 import logging
 import os
 import random
+import socket
 from collections.abc import Sequence
+from typing import Any
 
 import kopf
 from prometheus_client import start_http_server
@@ -69,6 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_bind_address)
     settings = build_settings(args)
+    # Peering identity: the pod name is unique per replica (Kopf would otherwise derive it
+    # from the Unix user name, which an arbitrary container UID may not have).
+    pod = os.environ.get("POD_NAME")
+    # (kopf's Identity is a NewType of str that kopf does not export)
+    identity: Any = f"{pod}@{socket.gethostname()}" if pod else None
     kopf.run(
         settings=settings,
         clusterwide=True,
@@ -76,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         priority=args.priority,
         peering_name=None if args.standalone else args.peering,
         liveness_endpoint=args.liveness or None,
+        identity=identity,
     )
     return 0
 

@@ -33,6 +33,7 @@ def post_event(chain: ChainInfo, type_: str, reason: str, message: str) -> None:
 @kopf.on.startup()
 async def start(memo: kopf.Memo, **_: Any) -> None:
     memo.syncer = PlanSyncer(Kube(), events=post_event)
+    memo.seen = {}  # shared by the per-object memos (shallow copies of this one)
 
 
 # ---------------------------------------------------------------- indexes (no API calls per event)
@@ -70,13 +71,40 @@ def snapshot(kw: dict[str, Any]) -> Snapshot:
 
 # ---------------------------------------------------------------- triggers
 
-@kopf.on.event("", "v1", "pods")
-@kopf.on.event("", "v1", "services")
-@kopf.on.event("", "v1", "nodes")
 @kopf.on.event(GROUP, VERSION, CHAINS)
 @kopf.on.event(GROUP, VERSION, PLANS)
 def changed(memo: kopf.Memo, **_: Any) -> None:
     memo.syncer.trigger()
+
+
+def _trigger_if_view_changed(memo: kopf.Memo, kind: str, type: str | None, body: kopf.Body,
+                             view: object) -> None:
+    """Pods, Services and Nodes change often in ways the planner ignores (heartbeats,
+    unrelated status fields): trigger a pass only when the planner's view of them changed."""
+    seen: dict[tuple[str, str], object] = memo.seen
+    key = (kind, str(body.get("metadata", {}).get("uid", "")))
+    if type == "DELETED":
+        seen.pop(key, None)
+    elif seen.get(key) == view:
+        return
+    else:
+        seen[key] = view
+    memo.syncer.trigger()
+
+
+@kopf.on.event("", "v1", "pods")
+def pod_changed(memo: kopf.Memo, type: str | None, body: kopf.Body, **_: Any) -> None:
+    _trigger_if_view_changed(memo, "pod", type, body, PodInfo.from_body(body))
+
+
+@kopf.on.event("", "v1", "services")
+def service_changed(memo: kopf.Memo, type: str | None, body: kopf.Body, **_: Any) -> None:
+    _trigger_if_view_changed(memo, "service", type, body, ServiceInfo.from_body(body))
+
+
+@kopf.on.event("", "v1", "nodes")
+def node_changed(memo: kopf.Memo, type: str | None, body: kopf.Body, **_: Any) -> None:
+    _trigger_if_view_changed(memo, "node", type, body, NodeInfo.from_body(body))
 
 
 # ---------------------------------------------------------------- reconciliation

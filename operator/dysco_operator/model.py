@@ -33,6 +33,8 @@ class PodInfo:
     container_ids: tuple[str, ...] = ()
     ports: Mapping[str, int] = field(default_factory=dict)
     """Named container ports (for Services with a named targetPort)."""
+    host_network: bool = False
+    """Pods in the node's own network namespace are never Dysco hosts."""
 
     @property
     def key(self) -> str:
@@ -40,8 +42,9 @@ class PodInfo:
 
     @property
     def alive(self) -> bool:
-        """Has an IP on a node and has not terminated: a possible Dysco host."""
-        return bool(self.ip and self.node) and self.phase not in ("Succeeded", "Failed")
+        """Own netns, an IP on a node, not terminated: a possible Dysco host."""
+        return (bool(self.ip and self.node) and not self.host_network
+                and self.phase not in ("Succeeded", "Failed"))
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> PodInfo:
@@ -74,6 +77,7 @@ class PodInfo:
             deleting=meta.get("deletionTimestamp"),
             container_ids=cids,
             ports=ports,
+            host_network=bool(spec.get("hostNetwork")),
         )
 
 

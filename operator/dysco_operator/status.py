@@ -112,11 +112,12 @@ def chain_status(
         setc("Programmed", "False", "NotAccepted", "the spec is invalid")
         setc("Degraded", "False", "NotAccepted", "the spec is invalid")
         setc("Ready", "False", "InvalidSpec", msg)
-        status.update(conditions=_ordered(conds), hops=[], hopsSummary="",
+        # Never write "": the 1.20 apiserver built here turns "" into null in merge patches.
+        status.update(conditions=_ordered(conds), hops=[], hopsSummary="-",
                       nodes={"total": 0, "programmed": 0})
         return status
 
-    setc("Accepted", "True", "Valid", "the chain is valid")
+    setc("Accepted", "True", "Accepted", "the chain is valid")
     if res.problems:
         setc("ResolvedRefs", "False", res.problems[0].reason,
              "; ".join(p.message for p in res.problems))
@@ -181,7 +182,7 @@ def chain_status(
          "drainingInstances": len(h.draining), "instances": h.instance_ips}
         for h in res.hops
     ]
-    status["hopsSummary"] = ",".join(f"{h.name}({len(h.instances)})" for h in res.hops)
+    status["hopsSummary"] = ",".join(f"{h.name}({len(h.instances)})" for h in res.hops) or "-"
     return status
 
 

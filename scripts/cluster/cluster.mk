@@ -1,6 +1,8 @@
 # Local single-node Kubernetes (v1.20.2 from Debian's source package) for tests.
 # Included by the top-level Makefile. See scripts/cluster/README.md.
 CLUSTER_SCRIPTS := scripts/cluster
+# this file is included near the top of the Makefile: keep its targets from becoming the default
+_cluster_default_goal := $(.DEFAULT_GOAL)
 
 .PHONY: cluster-build cluster-images cluster-tools cluster-up cluster-down cluster-status cluster-test
 
@@ -29,3 +31,5 @@ cluster-status:
 cluster-test:
 	$(CLUSTER_SCRIPTS)/up.sh
 	$(if $(wildcard .venv/bin/pytest),.venv/bin/pytest,python3 -m pytest) -q -m cluster tests/cluster
+
+.DEFAULT_GOAL := $(_cluster_default_goal)

@@ -65,7 +65,9 @@ fi
 
 # --- 2. daemons --------------------------------------------------------------------------------
 stop 15 kube-proxy kubelet kube-controller-manager kube-scheduler
+pod_uids=""
 if docker_up; then
+  pod_uids=$(dk ps -a --filter label=io.kubernetes.pod.uid --format '{{.Label "io.kubernetes.pod.uid"}}')
   # leftover pod containers (dockershim keeps exited ones); other containers die with dockerd
   ids=$(dk ps -aq --filter label=io.kubernetes.pod.name)
   if [ -n "$ids" ]; then
@@ -79,11 +81,11 @@ stop 15 etcd
 
 # --- 3. host network state ------------------------------------------------------------------------
 nft delete table ip dysco_cluster 2>/dev/null || true
-if ip link show "$CNI_BRIDGE" >/dev/null 2>&1; then ip link del "$CNI_BRIDGE"; fi
-# veths of pods whose netns outlived the kubelet (normally none)
+# veths of pods whose netns outlived the kubelet (normally none), then the bridge and its routes
 for v in $(ip -o link show master "$CNI_BRIDGE" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
   ip link del "$v" 2>/dev/null || true
 done
+if ip link show "$CNI_BRIDGE" >/dev/null 2>&1; then ip link del "$CNI_BRIDGE"; fi
 
 # KUBE-* chains of kubelet (KUBE-FIREWALL, KUBE-MARK-*, KUBE-KUBELET-CANARY, ...) and kube-proxy
 # (KUBE-SERVICES, KUBE-SVC-*, KUBE-SEP-*, ...): drop the jumps from built-in chains, flush, delete.
@@ -117,6 +119,16 @@ if [ -f "$STATE/sysctl.orig" ]; then
 fi
 
 # --- 4. runtime state -----------------------------------------------------------------------------
+# logs of our pods (kubelet 1.20 writes them to the fixed /var/log/pods/<ns>_<name>_<uid>)
+for d in "$STATE"/kubelet/pods/*/; do
+  if [ -d "$d" ]; then pod_uids="$pod_uids $(basename "$d")"; fi
+done
+if [ -d /var/log/pods ]; then
+  # shellcheck disable=SC2086  # split the list of UIDs
+  for uid in $(printf '%s\n' $pod_uids | sort -u); do
+    find /var/log/pods -mindepth 1 -maxdepth 1 -type d -name "*_$uid" -exec rm -rf {} +
+  done
+fi
 if [ -d "$STATE" ]; then
   # secret/configmap tmpfs of pod volumes, netns bind mounts of docker
   findmnt -rn -o TARGET | grep -E "^$STATE/" | sort -r | while IFS= read -r m; do
@@ -126,5 +138,10 @@ if [ -d "$STATE" ]; then
     "$STATE/docker-exec" "$STATE/docker.sock" "$STATE/dockerd.pid" "$STATE/owner" \
     "$STATE/dockershim.sock"
 fi
+# fixed paths of kubelet 1.20 outside $STATE: the device-plugin socket dir and pod logs
+rm -f /var/lib/kubelet/device-plugins/kubelet.sock /var/lib/kubelet/device-plugins/DEPRECATION \
+  /var/lib/kubelet/device-plugins/kubelet_internal_checkpoint
+rmdir /var/lib/kubelet/device-plugins /var/lib/kubelet 2>/dev/null || true
+find /var/log/containers -maxdepth 1 -xtype l -name '*.log' -delete 2>/dev/null || true
 rmdir "$PID_DIR" 2>/dev/null || true
 log "cluster down in $(since "$t_all") s (caches kept in $DYSCO_CACHE, certificates in $STATE/pki)"

@@ -62,14 +62,16 @@ ensure_pkgs() {
   log "apt: installing ${missing[*]}"
   local t0; t0=$(now)
   export DEBIAN_FRONTEND=noninteractive
-  if [ "$_apt_updated" = 0 ]; then apt-get update -qq; _apt_updated=1; fi
+  if [ "$_apt_updated" = 0 ]; then apt-get update -qq >/dev/null; _apt_updated=1; fi
   # never let a package's postinst start a system-wide daemon (docker.io would create docker0 + iptables)
   local policy_added=0
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; policy_added=1
   fi
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  local rc=0 out
+  out=$(apt-get install -y -q --no-install-recommends "${missing[@]}" 2>&1) || rc=$?
   if [ "$policy_added" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+  if [ "$rc" != 0 ]; then printf '%s\n' "$out" | tail -n 30 >&2; die "apt-get install failed"; fi
   log "apt: done in $(since "$t0") s"
 }
 
@@ -79,12 +81,14 @@ docker_up() { [ -S "$DOCKER_SOCK" ] && dk info >/dev/null 2>&1; }
 
 kc() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
 
-# pid_alive NAME: the process recorded in $PID_DIR/NAME.pid is running.
+# pid_alive NAME: the process recorded in $PID_DIR/NAME.pid is running and is NAME (not a
+# reused PID, e.g. after a reboot).
 pid_alive() {
   local f=$PID_DIR/$1.pid pid
   [ -f "$f" ] || return 1
   pid=$(cat "$f")
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "${1:0:15}" ]
 }
 
 # start_bg NAME CMD...: run CMD in the background with its log in $LOG_DIR/NAME.log, record the PID.

@@ -2,7 +2,7 @@
 # Start the local single-node Kubernetes v1.20.2 cluster (idempotent):
 #   dockerd -> etcd -> kube-apiserver -> controller-manager, scheduler -> kubelet (dockershim,
 #   CNI bridge cni-dysco0 + host-local) -> kube-proxy (iptables mode); waits for node Ready.
-# On a new machine it first installs the Debian packages, builds the binaries (~7 min, cached in
+# On a new machine it first installs the Debian packages, builds the binaries (8-12 min, cached in
 # $DYSCO_CACHE) and the base images. When the cluster is already up it checks and exits 0.
 #
 # Servers listen on 127.0.0.1; pods live on the bridge cni-dysco0 (10.244.0.0/24, no default
@@ -157,6 +157,8 @@ subsets:
   ports: [{name: https, port: $API_PORT, protocol: TCP}]
 EP
 
+mkdir -p "$STATE/kubelet-plugins"
+
 # --- 5. controller-manager, scheduler ---------------------------------------------------------
 t0=$(now)
 if ! pid_alive kube-controller-manager; then
@@ -164,7 +166,8 @@ if ! pid_alive kube-controller-manager; then
     --bind-address=127.0.0.1 --port=0 --secure-port=0 --leader-elect=false \
     --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
     --use-service-account-credentials=false --controllers='*,-nodeipam' \
-    --cluster-cidr="$POD_CIDR" --service-cluster-ip-range="$SERVICE_CIDR"
+    --cluster-cidr="$POD_CIDR" --service-cluster-ip-range="$SERVICE_CIDR" \
+    --flex-volume-plugin-dir="$STATE/kubelet-plugins"
 fi
 if ! pid_alive kube-scheduler; then
   start_bg kube-scheduler "$K8S_BIN/kube-scheduler" --kubeconfig="$KC" \
@@ -228,7 +231,7 @@ step_done "bridge + CNI + API DNAT" "$t0"
 
 # --- 7. kubelet, kube-proxy -----------------------------------------------------------------------
 t0=$(now)
-mkdir -p "$STATE/kubelet" "$STATE/kubelet-pki" "$STATE/kubelet-plugins" "$STATE/dockershim"
+mkdir -p "$STATE/kubelet" "$STATE/kubelet-pki" "$STATE/dockershim"
 if ! pid_alive kubelet; then
   # AWS_EC2_METADATA_DISABLED: the kubelet's ECR credential provider would otherwise probe the
   # EC2 metadata address (169.254.169.254) at start. --docker/--docker-root/--containerd point

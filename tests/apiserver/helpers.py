@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -71,3 +72,28 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
         if c["type"] == type_:
             return c  # type: ignore[no-any-return]
     return None
+
+
+def rbac_for_users(api: Any) -> None:
+    """The chart's ClusterRoles, bound to the token users of the test apiserver (idempotent)."""
+    helm = ROOT / ".venv" / "bin" / "helm"
+    assert helm.exists(), f"{helm} missing: run `make cluster-tools` (scripts/cluster/tools.sh)"
+    out = subprocess.run([str(helm), "template", "rel", str(ROOT / "charts" / "dysco"),
+                          "-s", "templates/rbac.yaml"], capture_output=True, text=True,
+                         check=True)
+    rbac = client.RbacAuthorizationV1Api(api)
+    for doc in yaml.safe_load_all(out.stdout):
+        if not doc:
+            continue
+        try:
+            if doc["kind"] == "ClusterRole":
+                rbac.create_cluster_role(doc)
+            elif doc["kind"] == "ClusterRoleBinding":
+                user = "dysco-operator" if "operator" in doc["metadata"]["name"] \
+                    else "dysco-agent"
+                doc["subjects"] = [{"kind": "User", "name": user,
+                                    "apiGroup": "rbac.authorization.k8s.io"}]
+                rbac.create_cluster_role_binding(doc)
+        except client.ApiException as e:
+            if e.status != 409:
+                raise

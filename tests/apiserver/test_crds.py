@@ -71,7 +71,8 @@ def refused(api: Any, body: dict[str, Any]) -> str:
                                           "selector": {"matchLabels": {"a": "b"}},
                                           "ports": [{"port": 80}]}},
      ["spec.destination", "oneOf"]),
-    ("bad-timeout", {"drainTimeoutSeconds": 0}, ["spec.drainTimeoutSeconds", "greater than or equal to 1"]),
+    ("bad-timeout", {"drainTimeoutSeconds": 0},
+     ["spec.drainTimeoutSeconds", "greater than or equal to 1"]),
     ("bad-policy", {"updatePolicy": "whenever"}, ["spec.updatePolicy", "Unsupported value"]),
     ("bad-on-delete", {"onDelete": "explode"}, ["spec.onDelete", "Unsupported value"]),
 ])

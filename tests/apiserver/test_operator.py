@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 
 from dysco.k8s.agent import NodeAgent
@@ -32,18 +31,27 @@ from dysco_operator.model import PlanInfo
 from dysco_operator.syncer import PlanSyncer, Snapshot
 
 from .conftest import AGENT_TOKEN, OPERATOR_TOKEN, ApiServer, free_port
-from .helpers import GROUP, ROOT, VERSION, api_client, apply_crds, chain_body, condition, wait_for
+from .helpers import (
+    GROUP,
+    VERSION,
+    api_client,
+    apply_crds,
+    chain_body,
+    condition,
+    rbac_for_users,
+    wait_for,
+)
 
 NS = "chains"
 CHAIN = f"{NS}/web"
-HELM = ROOT / ".venv" / "bin" / "helm"
 
 
 # ------------------------------------------------------------------ fixtures
 
 class Operator:
-    def __init__(self, kubeconfig: Path, log: Path) -> None:
+    def __init__(self, kubeconfig: Path, log: Path, *args: str) -> None:
         self.kubeconfig, self.log = kubeconfig, log
+        self.args = list(args) or ["--standalone"]
         self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -51,7 +59,7 @@ class Operator:
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig))
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dysco_operator", "--standalone", "--verbose",
+                [sys.executable, "-m", "dysco_operator", *self.args, "--verbose",
                  "--metrics-bind-address=127.0.0.1", f"--metrics-port={self.metrics_port}"],
                 env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -96,29 +104,11 @@ class _AnyResolver:
         return f"/proc/fake-{pod.name}/ns/net"
 
 
-def _rbac_for_users(api: Any) -> None:
-    """The chart's ClusterRoles, bound to the token users of the test apiserver."""
-    out = subprocess.run([str(HELM), "template", "rel", str(ROOT / "charts" / "dysco"),
-                          "-s", "templates/rbac.yaml"], capture_output=True, text=True,
-                         check=True)
-    rbac = client.RbacAuthorizationV1Api(api)
-    for doc in yaml.safe_load_all(out.stdout):
-        if not doc:
-            continue
-        if doc["kind"] == "ClusterRole":
-            rbac.create_cluster_role(doc)
-        elif doc["kind"] == "ClusterRoleBinding":
-            user = "dysco-operator" if "operator" in doc["metadata"]["name"] else "dysco-agent"
-            doc["subjects"] = [{"kind": "User", "name": user,
-                                "apiGroup": "rbac.authorization.k8s.io"}]
-            rbac.create_cluster_role_binding(doc)
-
-
 @pytest.fixture(scope="module")
 def env(apiserver: ApiServer) -> Iterator[dict[str, Any]]:
     admin = api_client(apiserver.kubeconfig)
     apply_crds(admin)
-    _rbac_for_users(admin)
+    rbac_for_users(admin)
     core = client.CoreV1Api(admin)
     core.create_namespace({"metadata": {"name": NS}})
     nodes = {}
@@ -228,7 +218,7 @@ def test_01_chain_planned_then_programmed_by_agents(env: dict[str, Any]) -> None
     chain = wait_for(lambda: (c := get_chain(env)).get("status", {}).get("revision") == 1
                      and cond_is(c, "ResolvedRefs", "True") and c, timeout=60,
                      what="chain revision 1 resolved")
-    assert cond_is(chain, "Accepted", "True", "Valid")
+    assert cond_is(chain, "Accepted", "True", "Accepted")
     assert "dysco.io/finalizer" in chain["metadata"]["finalizers"]
     # no agent yet: planned but not programmed
     assert cond_is(chain, "Programmed", "False", "Pending")

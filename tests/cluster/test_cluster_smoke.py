@@ -11,8 +11,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
+import socket
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -82,8 +84,11 @@ def core() -> Any:
         pytest.fail(f"cluster not up: {KUBECONFIG} missing (run `make cluster-up`)")
     from kubernetes import client, config
 
-    api = client.CoreV1Api(config.new_client_from_config(config_file=str(KUBECONFIG)))
-    try:
+    api_client = config.new_client_from_config(config_file=str(KUBECONFIG))
+    url = urllib.parse.urlsplit(api_client.configuration.host)
+    try:  # fail fast: the client itself would retry a refused connection with backoff
+        socket.create_connection((url.hostname, url.port or 443), timeout=3).close()
+        api = client.CoreV1Api(api_client)
         api.get_api_resources(_request_timeout=5)
     except Exception as exc:
         pytest.fail(f"cluster not up: API server not reachable ({exc}); run `make cluster-up`")

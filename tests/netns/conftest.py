@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+
 from dysco.dataplane import netns
 from dysco.lab.topology import Lab
 

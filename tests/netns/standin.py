@@ -1,6 +1,6 @@
 """A stand-in for the protocol core: same methods as `dysco.core.Agent`, trivial logic.
 
-It maps a virtual TCP port to a real one (client side: OUTPUT dport VPORT->RPORT, INPUT
+It maps virtual TCP ports to real ones (client side: OUTPUT dport VPORT->RPORT, INPUT
 sport RPORT->VPORT) with RFC 1624 incremental checksum updates, as the core does, so a
 transfer only works if every rewritten packet reaches the wire with a valid checksum.
 With `split`, data packets are cut in two: the first half is the verdict, the second
@@ -28,7 +28,10 @@ def _update16(check: int, old: int, new: int) -> int:
 
 
 class PortMapper:
-    def __init__(self, *, split: bool = False, control_to: int | None = None) -> None:
+    def __init__(self, *, split: bool = False, control_to: int | None = None,
+                 mapping: dict[int, int] | None = None) -> None:
+        self.out_map = mapping or {VPORT: RPORT}
+        self.in_map = {real: virtual for virtual, real in self.out_map.items()}
         self.split = split
         self.control_to = control_to
         self.deadline: float | None = 0.0 if control_to is not None else None
@@ -40,10 +43,10 @@ class PortMapper:
         b = bytearray(data)
         ihl = (b[0] & 0x0F) * 4
         sport, dport = struct.unpack_from("!HH", b, ihl)
-        if hook is Hook.OUTPUT and dport == VPORT:
-            off, old, new = ihl + 2, VPORT, RPORT
-        elif hook is Hook.INPUT and sport == RPORT:
-            off, old, new = ihl, RPORT, VPORT
+        if hook is Hook.OUTPUT and dport in self.out_map:
+            off, old, new = ihl + 2, dport, self.out_map[dport]
+        elif hook is Hook.INPUT and sport in self.in_map:
+            off, old, new = ihl, sport, self.in_map[sport]
         else:
             return [Verdict(data)]
         struct.pack_into("!H", b, off, new)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from conftest import PREFIX
+
 from dysco.dataplane import netns
 from dysco.lab import scenarios
 from dysco.lab.topology import Lab

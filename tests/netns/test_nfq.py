@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import struct
+
 import pytest
+from standin import RPORT, VPORT, PortMapper, QueueLoop
+
 from dysco.core.actions import Hook
-from dysco.dataplane import checksum, nfq, rules
+from dysco.dataplane import checksum, nfq, rules, segment
 from dysco.lab import counters, scenarios
 from dysco.lab.topology import Lab
-from standin import RPORT, VPORT, PortMapper, QueueLoop
 
 BYTES = 16 << 20
 
@@ -86,3 +90,24 @@ def test_partial_checksum_completion_rules() -> None:
     assert checksum.needs_completion(checksum.HOOK_POST_ROUTING, True, False)
     assert checksum.needs_completion(checksum.HOOK_PRE_ROUTING, True, True)
     assert not checksum.needs_completion(checksum.HOOK_PRE_ROUTING, False, True)
+
+
+def test_checksums_and_segmentation() -> None:
+    """Full checksums of odd and 64 KiB sizes, and MTU cuts that stay contiguous."""
+    for size in (0, 1, 3, 1447, 4097, 65_000):
+        payload = os.urandom(size)
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + size, 7, 0x4000, 64, 6, 0,
+                         bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
+        tcp = struct.pack("!HHIIBBHHH", 1000, 2000, 0xFFFFFF00, 5, 0x50, 0x19, 500, 0, 0)
+        packet = checksum.with_tcp_checksum(ip + tcp + payload)
+        assert checksum.tcp_checksum_ok(packet)
+        assert size == 0 or not checksum.tcp_checksum_ok(packet[:-1] + bytes([packet[-1] ^ 1]))
+        pieces = segment.split(packet, 1500)
+        assert b"".join(p[40:] for p in pieces) == payload
+        seq = 0xFFFFFF00
+        for i, piece in enumerate(pieces):
+            assert len(piece) <= 1500 and checksum.tcp_checksum_ok(piece)
+            assert struct.unpack_from("!I", piece, 24)[0] == seq  # wraps past 2**32
+            last = i == len(pieces) - 1
+            assert piece[33] & 0x09 == (0x09 if last else 0)  # FIN and PSH on the last only
+            seq = (seq + len(piece) - 40) & 0xFFFFFFFF

@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+
 from dysco.dataplane import netns, rules
 from dysco.lab.topology import Lab
-
 
 BUILTIN = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
 

@@ -6,11 +6,12 @@ import socket
 import threading
 
 import pytest
+from standin import RPORT, VPORT, PortMapper
+
 from dysco.dataplane import netns, rules
 from dysco.dataplane.runtime import PodSpec, Processor, Runtime, ip_to_int
 from dysco.lab import scenarios
 from dysco.lab.topology import Lab
-from standin import RPORT, VPORT, PortMapper
 
 
 @pytest.mark.parametrize("backend", ["raw", "binding"])

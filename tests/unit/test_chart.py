@@ -1,6 +1,6 @@
 """The Helm chart: lint, render, validate for Kubernetes 1.20 and 1.30; CRDs and examples.
 
-Needs helm in the venv (``scripts/install-helm.sh``) and the 1.20 JSON schemas
+Needs helm in the venv (`make cluster-tools`, scripts/cluster/tools.sh) and the 1.20 JSON schemas
 (``scripts/fetch-k8s-schemas.sh``); both are offline afterwards. Missing tools FAIL.
 """
 
@@ -29,7 +29,7 @@ CR_KINDS = {"ClusterKopfPeering", "ServiceMonitor"}  # custom resources: checked
 
 
 def helm(*args: str) -> str:
-    assert HELM.exists(), f"{HELM} missing: run scripts/install-helm.sh"
+    assert HELM.exists(), f"{HELM} missing: run `make cluster-tools` (scripts/cluster/tools.sh)"
     out = subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
@@ -94,8 +94,20 @@ def test_rendered_manifests_are_valid(kube_version: str, sets: tuple[str, ...]) 
         assert not errors, f"{doc['kind']}/{doc['metadata']['name']}: {errors[0].message}"
 
 
+@pytest.mark.parametrize("values", sorted((CHART / "ci").glob("*-values.yaml")),
+                         ids=lambda p: p.name)
+def test_ci_values_files_render_valid_manifests(values: Path) -> None:
+    docs = [d for d in yaml.safe_load_all(helm(
+        "template", "rel", str(CHART), "-n", "dysco-system", "--kube-version", "1.20.2",
+        "-f", str(values))) if d]
+    for doc in docs:
+        if doc["kind"] not in CR_KINDS:
+            errors = list(_schema_validator(doc, "1.20.2").iter_errors(doc))
+            assert not errors, f"{doc['kind']}: {errors[0].message}"
+
+
 def test_api_versions_follow_the_cluster() -> None:
-    pdb = {v: [d for d in render(v) if d["kind"] == "PodDisruptionBudget"][0]
+    pdb = {v: next(d for d in render(v) if d["kind"] == "PodDisruptionBudget")
            for v in ("1.20.2", "1.30.0")}
     assert pdb["1.20.2"]["apiVersion"] == "policy/v1beta1"
     assert pdb["1.30.0"]["apiVersion"] == "policy/v1"
@@ -121,7 +133,9 @@ def test_workloads_security_and_ha() -> None:
     assert {"NET_ADMIN", "SYS_ADMIN", "NET_RAW"} <= set(sc["capabilities"]["add"])
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
-    assert env["DYSCO_HMAC_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "hmac-key"
+    assert env["DYSCO_KEYS_DIR"]["value"] == "/etc/dysco/keys"
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["control-keys"]["secret"]["secretName"] == "rel-dysco-control-key"
     assert pod["containers"][0]["args"][0] == "agent"
     assert by_kind(docs, "ClusterKopfPeering")[0]["metadata"]["name"] in " ".join(c["args"])
     assert not by_kind(docs, "ServiceMonitor")
@@ -138,17 +152,27 @@ def test_rbac_is_least_privilege() -> None:
               if v not in ("get", "list", "watch")}
     assert writes == {("dysconodeplans/status", "patch")}
     op = roles["rel-dysco-operator"]["rules"]
-    core = [r for r in op if r["apiGroups"] == [""] and "pods" in r["resources"]][0]
+    core = next(r for r in op if r["apiGroups"] == [""] and "pods" in r["resources"])
     assert core["verbs"] == ["get", "list", "watch"]
 
 
 def test_hmac_secret_generated_and_kept() -> None:
     secret = by_kind(render("1.30.0"), "Secret")[0]
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    key = base64.b64decode(secret["data"]["hmac-key"])
+    key = base64.b64decode(secret["data"]["key-1"])
     assert len(key) == 64 and key.isalnum()
+    assert base64.b64decode(secret["data"]["current"]) == b"1"
     assert not by_kind(render("1.30.0", "controlChannel.existingSecret=mine"), "Secret")
     assert "lookup" in (CHART / "templates" / "secret.yaml").read_text()
+
+
+def test_values_schema_refuses_typos_and_bad_enums() -> None:
+    for bad, needle in (("operator.replica=3", "replica"),
+                        ("agent.netnsResolver=magic", "netnsResolver"),
+                        ("operator.image.pullPolicy=Sometimes", "pullPolicy")):
+        out = subprocess.run([str(HELM), "template", "rel", str(CHART), "--set", bad],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode != 0 and needle in out.stderr, (bad, out.stderr)
 
 
 def test_service_monitor_optional() -> None:

@@ -90,6 +90,31 @@ def test_plans_per_node_with_policies_only_on_sources() -> None:
     assert all(p["draining"] == [] for p in plans.values())
 
 
+def test_host_network_pods_never_take_part() -> None:
+    pods = world()
+    pods[0] = PodInfo(namespace="default", name="client-1", uid="uid-client-1",
+                      labels={"app": "client"}, node="a", ip="192.0.2.10", phase="Running",
+                      ready=True, deleting=None, host_network=True)
+    res, plans = plan_for(chain(), pods)
+    assert [p.name for p in res.sources] == ["client-2"]
+    assert "a" not in plans  # its only participant was in the node's own netns
+
+
+def test_pod_info_from_body() -> None:
+    body = {"metadata": {"namespace": "ns", "name": "p", "uid": "u", "labels": {"a": "b"},
+                         "deletionTimestamp": "2026-11-27T05:00:00Z"},
+            "spec": {"nodeName": "n1", "hostNetwork": True, "containers": [
+                {"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.1",
+                       "conditions": [{"type": "Ready", "status": "True"}],
+                       "containerStatuses": [{"containerID": "docker://x"}, {}]}}
+    p = PodInfo.from_body(body)
+    assert (p.key, p.node, p.ip, p.ready, p.deleting, p.host_network) == (
+        "ns/p", "n1", "10.0.0.1", True, "2026-11-27T05:00:00Z", True)
+    assert p.container_ids == ("docker://x",) and p.ports == {"http": 8080}
+    assert not p.alive
+
+
 def test_named_target_port_resolved_from_pod_ports() -> None:
     c = chain({"destination": {"service": {"name": "web"}, "ports": [{"port": 443}]}})
     res, _ = plan_for(c, world())

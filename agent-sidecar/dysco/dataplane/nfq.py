@@ -200,11 +200,20 @@ class RawQueue:
                             bool(info & _SKB_GSO), cap_len is not None and cap_len > len(data))
 
     def _verdict(self, packet_id: int, verdict: int, data: bytes | None) -> None:
+        """Queue one verdict message as iovec parts, so a 64 KiB payload is not copied."""
         attrs = _NLA.pack(12, _NFQA_VERDICT_HDR) + struct.pack("!II", verdict, packet_id)
-        if data is not None:
-            attrs += _attr(_NFQA_PAYLOAD, data)
-        self._out.append(_NLH.pack(20 + len(attrs), _MSG_VERDICT, _NLM_F_REQUEST, 0, 0)
-                         + self._nfgen + attrs)
+        size = 20 + len(attrs)
+        if data is None:
+            self._out.append(_NLH.pack(size, _MSG_VERDICT, _NLM_F_REQUEST, 0, 0)
+                             + self._nfgen + attrs)
+            return
+        alen = 4 + len(data)
+        pad = -alen % 4
+        self._out.append(_NLH.pack(size + alen + pad, _MSG_VERDICT, _NLM_F_REQUEST, 0, 0)
+                         + self._nfgen + attrs + _NLA.pack(alen, _NFQA_PAYLOAD))
+        self._out.append(data)
+        if pad:
+            self._out.append(b"\0" * pad)
 
     def accept(self, pkt: QueuedPacket, data: bytes | None = None) -> bool:
         if data is None or data == pkt.data:
@@ -231,11 +240,11 @@ class RawQueue:
                                        0, 0) + self._nfgen + attrs)
             self._accept_upto = None
         if self._out:
-            message = b"".join(self._out)
-            self._out.clear()
+            # One datagram: netlink hands it to nfnetlink, which walks its messages.
+            parts, self._out = self._out, []
             self._sock.setblocking(True)
             try:
-                self._sock.sendall(message)
+                self._sock.sendmsg(parts)
             finally:
                 self._sock.setblocking(False)
 

@@ -19,26 +19,32 @@ headers incrementally, and only partial checksums are completed here.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import errno
+import functools
+import json
 import logging
 import selectors
 import socket
+import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from dysco.core import Agent, AgentConfig
 from dysco.core.actions import Action, Hook, Inject, Notify, SendControl, Verdict
+from dysco.core.events import Event
 
 from . import netns, nfq, rules, segment
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 CONTROL_PORT = 2016
 _SO_MARK = 36
-_INJECT_MTU = 1500
 
 
 class Processor(Protocol):
@@ -64,7 +70,7 @@ class PodStats:
     packets: int = 0
     rewritten: int = 0
     dropped: int = 0
-    truncated: int = 0          # arrived incomplete (binding backend, jumbo MTU): passed
+    truncated: int = 0          # arrived incomplete (copy range): passed only if untouched
     injected: int = 0
     control_in: int = 0
     control_out: int = 0
@@ -98,7 +104,8 @@ class Pod:
             self.control.bind((spec.address, control_port))
             self.control.setblocking(False)
             self.raw.setsockopt(socket.SOL_SOCKET, _SO_MARK, interception.mark)
-        except OSError:
+            self.mtu = _link_mtu(spec.ns)
+        except (OSError, subprocess.CalledProcessError):
             self.close_sockets()
             raise
 
@@ -114,7 +121,7 @@ class Pod:
         A raw packet addressed to a local address loops back through `lo`, which our
         rules skip, and is delivered like one that came from the network."""
         dst = int_to_ip(int.from_bytes(data[16:20], "big"))
-        pieces = [data] if hook is Hook.INPUT else segment.split(data, _INJECT_MTU)
+        pieces = [data] if hook is Hook.INPUT else segment.split(data, self.mtu)
         for piece in pieces:
             self.raw.sendto(piece, (dst, 0))
         self.stats.injected += len(pieces)
@@ -125,6 +132,13 @@ class Pod:
             self.stats.control_out += 1
         except OSError as exc:  # e.g. no route yet: the core retransmits on its timers
             log.warning("%s: control send to %s failed: %s", self.spec.ns, int_to_ip(dst), exc)
+
+
+def _link_mtu(ns: str) -> int:
+    """The smallest MTU of the pod's links: what a raw packet sent out may be at most
+    (an overlay CNI often gives pods less than 1500)."""
+    links = json.loads(netns.run(ns, ["ip", "-j", "link", "show"]).stdout)
+    return min((int(link["mtu"]) for link in links if link["ifname"] != "lo"), default=1500)
 
 
 ProcessorFactory = Callable[[PodSpec], Processor]
@@ -150,8 +164,12 @@ class Runtime:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._pending: collections.deque[tuple[str, Any]] = collections.deque()
+        self._pending: collections.deque[Callable[[], None]] = collections.deque()
         self._running = False
+        self._loop_thread: int | None = None
+        self.started = threading.Event()  # set once `run` serves; then use `call`
+        # called in the loop thread for every notification, after it was counted
+        self.on_notify: Callable[[Pod, Event], None] | None = None
 
     def _core_agent(self, spec: PodSpec) -> Processor:
         """The default processor: one protocol-core Agent per pod."""
@@ -160,8 +178,10 @@ class Runtime:
 
     # --- pods -------------------------------------------------------------------------
 
-    def add_pod(self, spec: PodSpec) -> Pod:
-        """Open queues and sockets in the pod, then install its rules (idempotent)."""
+    def add_pod(self, spec: PodSpec, processor: Processor | None = None) -> Pod:
+        """Open queues and sockets in the pod, then install its rules (idempotent).
+
+        `processor` replaces the factory's (a core restored from a snapshot)."""
         if spec.ns in self.pods:
             return self.pods[spec.ns]
         interception = rules.Interception(spec.ns, self.variant, self.queue_in,
@@ -170,7 +190,8 @@ class Runtime:
         try:
             queues[Hook.INPUT] = self.backend(self.queue_in, spec.ns)
             queues[Hook.OUTPUT] = self.backend(self.queue_out, spec.ns)
-            pod = Pod(spec, self.factory(spec), interception, queues, self.control_port)
+            pod = Pod(spec, processor or self.factory(spec), interception, queues,
+                      self.control_port)
         except BaseException:
             for queue in queues.values():
                 queue.close()
@@ -202,6 +223,19 @@ class Runtime:
             pod.close_sockets()
         log.info("detached %s", ns)
 
+    def suspend_pod(self, ns: str) -> Processor:
+        """Close the pod's queues and sockets but leave its rules in place, as a crashed
+        or restarting agent does: the rules have no queue bypass, so until `add_pod`
+        attaches again the pod's TCP packets are dropped, never passed unrewritten.
+        Returns the pod's processor (to snapshot)."""
+        pod = self.pods.pop(ns)
+        for queue in pod.queues.values():
+            self._selector.unregister(queue.fileno())
+        self._selector.unregister(pod.control)
+        pod.close_sockets()
+        log.info("suspended %s (rules kept: its packets are dropped)", ns)
+        return pod.processor
+
     def close(self) -> None:
         for ns in list(self.pods):
             self.remove_pod(ns)
@@ -213,8 +247,28 @@ class Runtime:
 
     def submit(self, ns: str, command: Any) -> None:
         """Hand a core command for pod `ns` to the loop (safe from any thread)."""
-        self._pending.append((ns, command))
+        self._pending.append(functools.partial(self._command, ns, command))
         self.wake()
+
+    def call(self, fn: Callable[[], T], timeout: float = 30.0) -> T:
+        """Run `fn` in the loop's thread and return its result (safe from any thread).
+
+        Attaching and detaching pods change what the loop iterates over, so another
+        thread (a node agent's) goes through here; without a running loop `fn` runs
+        at once."""
+        if not self._running or threading.get_ident() == self._loop_thread:
+            return fn()
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def job() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        self._pending.append(job)
+        self.wake()
+        return future.result(timeout)
 
     def wake(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -226,9 +280,15 @@ class Runtime:
         self.wake()
 
     def run(self) -> None:
+        self._loop_thread = threading.get_ident()
         self._running = True
-        while self._running:
-            self.step(1.0)
+        self.started.set()
+        try:
+            while self._running:
+                self.step(1.0)
+        finally:
+            self._running = False
+            self._run_pending()  # callers waiting in call() get their answer
 
     def step(self, max_wait: float) -> None:
         """Wait at most `max_wait` s (less if a core timer is due) and handle what came."""
@@ -259,12 +319,18 @@ class Runtime:
 
     def _run_pending(self) -> None:
         while self._pending:
-            ns, command = self._pending.popleft()
-            pod = self.pods.get(ns)
-            if pod is None:
-                log.warning("command for unknown pod %s dropped: %r", ns, command)
-                continue
-            self._execute(pod, pod.processor.command(command, self.clock()))
+            self._pending.popleft()()
+
+    def _command(self, ns: str, command: Any) -> None:
+        pod = self.pods.get(ns)
+        if pod is None:
+            log.warning("command for unknown pod %s dropped: %r", ns, command)
+            return
+        self.execute_command(pod, command)
+
+    def execute_command(self, pod: Pod, command: Any) -> None:
+        """Give `pod`'s core a command now; only from the loop thread (`on_notify`)."""
+        self._execute(pod, pod.processor.command(command, self.clock()))
 
     def _run_timers(self) -> None:
         now = self.clock()
@@ -278,10 +344,7 @@ class Runtime:
         stats = pod.stats
         for pkt in queue.receive():
             stats.packets += 1
-            if pkt.truncated:
-                stats.truncated += 1
-                queue.accept(pkt)
-                continue
+            stats.truncated += pkt.truncated
             try:
                 actions = pod.processor.packet(hook, pkt.data, self.clock())
             except Exception:
@@ -297,6 +360,13 @@ class Runtime:
             elif verdict.data is None:
                 stats.dropped += 1
                 queue.drop(pkt)
+            elif pkt.truncated and verdict.data != pkt.data:
+                # The core cannot parse a cut packet and passes it unchanged unless its
+                # tuple is a session's; a rewrite of the cut bytes would cut the packet.
+                stats.dropped += 1
+                queue.drop(pkt)
+            elif pkt.truncated:
+                queue.accept(pkt)
             elif queue.accept(pkt, verdict.data):
                 stats.rewritten += 1
             if len(actions) > 1:
@@ -333,6 +403,8 @@ class Runtime:
                 case Notify(event=event):
                     pod.stats.notifications[type(event).__name__] += 1
                     log.debug("%s: %r", pod.spec.ns, event)
+                    if self.on_notify is not None:
+                        self.on_notify(pod, event)
                 case Verdict():
                     log.error("%s: extra verdict ignored", pod.spec.ns)
                     pod.stats.errors += 1

@@ -13,12 +13,14 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .interface import DataPlane
+from .keys import BadKeys, load_keys
 from .netns import NetnsResolver
 from .reconcile import Reconciler
 
@@ -63,6 +65,7 @@ class NodeAgent:
         agent_id: str = "",
         status_interval: float = 5.0,
         heartbeat: float = 60.0,
+        keys_dir: Path | None = None,
     ) -> None:
         self.node = node
         self.api = custom_api
@@ -71,6 +74,9 @@ class NodeAgent:
         self.agent_id = agent_id or node
         self.status_interval = status_interval
         self.heartbeat = heartbeat
+        self.keys_dir = keys_dir
+        self._keys: tuple[dict[int, bytes], int] | None = None
+        self.keys_error: str | None = None
         self.stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -97,6 +103,9 @@ class NodeAgent:
         self.m_status = Counter("dysco_agent_status_writes_total",
                                 "Plan status writes, by result.", ["result"],
                                 registry=self.registry)
+        self.m_keys = Counter("dysco_agent_key_loads_total",
+                              "Control-key (re)loads from the mounted Secret, by result.",
+                              ["result"], registry=self.registry)
         self.m_watch = Counter("dysco_agent_watch_restarts_total",
                                "Plan watch (re)starts.", registry=self.registry)
         self.registry.register(_StatsCollector(self))
@@ -154,9 +163,28 @@ class NodeAgent:
 
     # ------------------------------------------------------------------ main loop
 
+    def _refresh_keys(self) -> None:
+        if self.keys_dir is None:
+            return
+        try:
+            keys = load_keys(self.keys_dir)
+        except (BadKeys, OSError) as e:
+            if self.keys_error != str(e):
+                log.error("control keys not loaded (previous keys stay in force): %s", e)
+                self.m_keys.labels("error").inc()
+            self.keys_error = str(e)
+            return
+        self.keys_error = None
+        if keys != self._keys:
+            self.dataplane.set_keys(*keys)
+            self._keys = keys
+            self.m_keys.labels("success").inc()
+            log.info("control keys loaded: ids %s, sending with %d", sorted(keys[0]), keys[1])
+
     def step(self) -> None:
-        """One iteration of the main loop (apply if needed, then report)."""
+        """One iteration of the main loop (keys, apply if needed, then report)."""
         self.loop_beat = time.monotonic()
+        self._refresh_keys()
         with self._lock:
             plan = self._latest
         if not self._listed:

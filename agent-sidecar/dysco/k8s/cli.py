@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+from pathlib import Path
 from typing import Any
 
 from .interface import DataPlane, RecordingDataPlane
@@ -43,6 +44,9 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="address of /metrics, /healthz, /readyz")
     p.add_argument("--http-port", type=int, default=int(env("DYSCO_HTTP_PORT", "9402")),
                    help="0 = no HTTP server")
+    p.add_argument("--keys-dir", default=env("DYSCO_KEYS_DIR", ""),
+                   help="directory of the mounted control-key Secret (key-<id>, current); "
+                        "re-read every step, so keys rotate without a restart")
     p.add_argument("--status-interval", type=float, default=5.0,
                    help="seconds between status reports (sessions, reconfigurations)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -51,6 +55,11 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def load_dataplane(spec: str) -> DataPlane:
+    """``module:factory`` -> ``factory()``, which must return a `DataPlane`.
+
+    The factory takes no arguments; it may read the environment the DaemonSet provides
+    (DYSCO_CONTROL_PORT, NODE_NAME, POD_NAME). Keys arrive through ``set_keys``.
+    """
     if spec == "record":
         return RecordingDataPlane()
     module, _, attr = spec.partition(":")
@@ -83,6 +92,7 @@ def run_agent(args: argparse.Namespace) -> int:
         make_resolver(args.netns_resolver),
         agent_id=os.environ.get("POD_NAME", socket.gethostname()),
         status_interval=args.status_interval,
+        keys_dir=Path(args.keys_dir) if args.keys_dir else None,
     )
     server = agent.serve_http(args.http_bind_address, args.http_port) if args.http_port else None
 

@@ -66,6 +66,8 @@ class DataPlane(Protocol):
       another instance of the same hop, or bypass an optional hop without instances)
       before ``deadline`` (UNIX time). Calling it again updates the deadline.
     - ``cancel_drain``: the instance is serving again (it became ready).
+    - ``set_keys``: control-message keys (id -> secret) and the id to send with; called
+      before the first attach and whenever the mounted Secret changes (rotation).
     - ``sessions``: live sessions by (chain, revision), summed over the attached pods.
     - ``reconfigurations``: cumulative (done, failed) by (chain, target revision).
     """
@@ -76,6 +78,7 @@ class DataPlane(Protocol):
     def set_policies(self, pod_key: str, policies: Sequence[Policy]) -> None: ...
     def drain_instance(self, ip: str, deadline: float) -> None: ...
     def cancel_drain(self, ip: str) -> None: ...
+    def set_keys(self, keys: Mapping[int, bytes], current: int) -> None: ...
     def sessions(self) -> Mapping[tuple[str, int], int]: ...
     def reconfigurations(self) -> Mapping[tuple[str, int], tuple[int, int]]: ...
 
@@ -92,6 +95,7 @@ class RecordingDataPlane:
         self.session_counts: dict[tuple[str, int], int] = {}
         self.reconfig_counts: dict[tuple[str, int], tuple[int, int]] = {}
         self.fail_attach: set[str] = set()
+        self.keys: tuple[dict[int, bytes], int] | None = None
 
     def attach_pod(self, pod_key: str, netns_path: str, ip: str) -> None:
         if pod_key in self.fail_attach:
@@ -119,6 +123,10 @@ class RecordingDataPlane:
     def cancel_drain(self, ip: str) -> None:
         self.calls.append(("cancel_drain", ip))
         self.draining.pop(ip, None)
+
+    def set_keys(self, keys: Mapping[int, bytes], current: int) -> None:
+        self.calls.append(("set_keys", (sorted(keys), current)))
+        self.keys = (dict(keys), current)
 
     def sessions(self) -> Mapping[tuple[str, int], int]:
         return dict(self.session_counts)

@@ -14,6 +14,7 @@ from typing import Any
 
 from dysco.dataplane import netns
 
+from .agents import LabAgents
 from .topology import Lab
 
 IPERF_PORT = 5201
@@ -25,9 +26,13 @@ COLUMNS = [("label", "row", "{}"), ("fwd_gbps", "fwd Gbit/s", "{:.2f}"),
 
 
 def _iperf(ns: str, host: str, port: int, seconds: float, reverse: bool) -> float:
+    """Goodput in Gbit/s; retries while the server is still finishing the last test."""
     cmd = ["iperf3", "-c", host, "-p", str(port), "-t", str(seconds), "-J"]
-    out = netns.run(ns, cmd + (["-R"] if reverse else []), check=False).stdout
-    doc = json.loads(out)
+    for _ in range(20):
+        doc = json.loads(netns.run(ns, cmd + (["-R"] if reverse else []), check=False).stdout)
+        if "busy" not in doc.get("error", ""):
+            break
+        time.sleep(0.25)
     if "error" in doc:
         raise RuntimeError(f"iperf3: {doc['error']}")
     return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9
@@ -73,6 +78,20 @@ def measure(lab: Lab, label: str, *, seconds: float = 5.0, count: int = 2000,
         for proc in servers:
             proc.kill()
             proc.wait()
+
+
+def measure_dysco(lab: Lab, hops: list[str], backend: str, *, seconds: float = 5.0,
+                  count: int = 2000) -> dict[str, Any]:
+    """A row with Dysco agents on the client, the server and `hops` (forwarding pods)."""
+    label = f"dysco {' -> '.join(['client', *hops, 'server'])} ({backend})"
+    with LabAgents(lab, ["client", "server", *hops], backend=backend) as agents:
+        for hop in hops:
+            netns.sysctl(lab.pod(hop).name, {"net.ipv4.ip_forward": "1"})
+        agents.set_chain("client", "server", hops, {IPERF_PORT, ECHO_PORT})
+        row = measure(lab, label, seconds=seconds, count=count)
+        notes = agents.notifications()
+    row["sessions_opened"] = notes["SessionOpened"]
+    return row
 
 
 def _wait_listening(ns: str, port: int) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dysco.dataplane import nfq
 
-from . import bench, scenarios
+from . import bench, control, scenarios
 from .topology import DEFAULT_PREFIX, OFFLOAD_MODES, Lab
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMG]?)(i?B?)?$", re.IGNORECASE)
@@ -96,7 +96,7 @@ def add_lab_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     _common(run)
     run.add_argument("--scenario", choices=sorted(scenarios.SCENARIOS))
     run.add_argument("--list", action="store_true", help="list the scenarios")
-    run.add_argument("--bytes", type=parse_size, default=parse_size("10M"),
+    run.add_argument("--bytes", type=parse_size, default=parse_size("50M"),
                      help="bytes per direction per session (e.g. 50M)")
     run.add_argument("--sessions", type=int, default=1)
     run.add_argument("--timeout", type=float, default=30.0, help="socket timeout, s")
@@ -110,6 +110,11 @@ def _bench(args: argparse.Namespace) -> int:
     lab = _lab(args)
     lab.up()
     rows = [bench.measure(lab, "plain routing", seconds=args.seconds, count=args.count)]
+    if not args.plain_only:
+        for hops in ([], ["mb1"]):
+            for backend in args.backends:
+                rows.append(bench.measure_dysco(lab, hops, backend, seconds=args.seconds,
+                                                count=args.count))
     print(bench.table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
@@ -123,4 +128,55 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--seconds", type=float, default=5.0, help="iperf3 time per direction")
     p.add_argument("--count", type=int, default=2000, help="round trips per latency probe")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    p.add_argument("--backends", nargs="+", choices=sorted(nfq.BACKENDS),
+                   default=["raw", "binding"], help="NFQUEUE backends for the Dysco rows")
+    p.add_argument("--plain-only", action="store_true", help="skip the Dysco rows")
     p.set_defaults(func=_bench)
+
+
+def _pods(text: str) -> tuple[str, ...]:
+    pods = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not pods:
+        raise argparse.ArgumentTypeError("give at least one pod")
+    return pods
+
+
+def _chain(args: argparse.Namespace) -> int:
+    order = control.Order(op=args.chain_command, at=getattr(args, "at", "") or "",
+                          middlebox=getattr(args, "middlebox", "") or "",
+                          hops=tuple(getattr(args, "hops", ()) or ()),
+                          dst=args.dst or "", port=args.port or 0, wait=args.wait)
+    try:
+        order.validate()
+        answer = control.send(Path(args.socket) if args.socket
+                              else control.socket_path(args.prefix), order)
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"dysco chain {args.chain_command}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(answer))
+    return 0 if answer.get("ok") else 1
+
+
+def add_chain_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `dysco chain insert|remove|replace`: reconfigure live sessions by hand
+    (the lab's running agents take the order on their control socket)."""
+    chain = subparsers.add_parser("chain", help="insert, remove or replace middleboxes in "
+                                  "live sessions (lab agents)")
+    sub = chain.add_subparsers(dest="chain_command", required=True)
+    ins = sub.add_parser("insert", help="POD (left anchor) puts HOPS after itself")
+    ins.add_argument("--at", required=True, help="the left anchor pod (e.g. client, mb1)")
+    ins.add_argument("--hops", type=_pods, required=True, help="POD[,POD...] to insert")
+    rem = sub.add_parser("remove", help="take middlebox POD out of its sessions")
+    rem.add_argument("--middlebox", required=True)
+    rep = sub.add_parser("replace", help="replace middlebox POD by others")
+    rep.add_argument("--middlebox", required=True)
+    rep.add_argument("--with", dest="hops", type=_pods, required=True,
+                     help="POD[,POD...] replacing it")
+    for p in (ins, rem, rep):
+        p.add_argument("--dst", help="only sessions with this IP at either end")
+        p.add_argument("--port", type=int, help="only sessions with this port at either end")
+        p.add_argument("--wait", type=float, default=10.0,
+                       help="seconds to wait for completion (0: return once ordered)")
+        p.add_argument("--prefix", default=DEFAULT_PREFIX, help="the lab's prefix")
+        p.add_argument("--socket", help="the agents' control socket (default: per prefix)")
+        p.set_defaults(func=_chain)

@@ -18,15 +18,18 @@ from typing import Any
 
 from dysco.core import Selector
 from dysco.core import commands as cmd
+from dysco.core.events import SessionOpened
 from dysco.dataplane import netns
+from dysco.dataplane.rules import detect_variant
 from dysco.middleboxes import Middlebox, proxy
 from dysco.middleboxes.dpi import Dpi
-from dysco.middleboxes.firewall import Firewall
+from dysco.middleboxes.firewall import Firewall, copy_state
 from dysco.middleboxes.nat import PortNat
 from dysco.middleboxes.proxy import Proxy
 
 from . import counters
 from .agents import LabAgents
+from .control import Order
 from .topology import Lab
 
 _RESET_COUNTERS = ("Tcp.OutRsts", "Tcp.InCsumErrors", "Tcp.EstabResets",
@@ -159,7 +162,10 @@ def _plain(lab: Lab, opts: Options) -> dict[str, Any]:
 
 BoxFactory = Callable[[str], Middlebox]
 RECONFIG_AFTER_PACKETS = 300
-Reconfig = Callable[[LabAgents], None]
+# A reconfiguration: runs in a thread while the bytes flow; returns what it wants kept
+# in the result (the order's answer). `LabAgents.order` gives orders the way
+# `dysco chain` does, through the agents' control socket.
+Reconfig = Callable[[LabAgents, dict[str, Middlebox]], dict[str, Any]]
 
 
 def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
@@ -175,45 +181,50 @@ def _dysco(lab: Lab, opts: Options, *, hops: list[str], spare: tuple[str, ...] =
            boxes: dict[str, BoxFactory] | None = None, reconfig: Reconfig | None = None,
            server_port: int | None = None, prefixes: tuple[bytes, bytes] = (b"", b""),
            content_delta: tuple[str, int, int] | None = None,
-           must_see: tuple[str, ...] = ()) -> dict[str, Any]:
+           must_see: tuple[str, ...] = (), expect_failure: bool = False,
+           after_packets: int = RECONFIG_AFTER_PACKETS) -> dict[str, Any]:
     """Client -> `hops` -> server with Dysco agents on all of them (and on `spare`
     middleboxes that a reconfiguration brings in). `boxes` turn pods into middleboxes;
     `reconfig` runs once the sessions are open and bytes flow; `must_see` are pods
-    whose middlebox must have counted traffic."""
+    whose middlebox must have counted traffic. With `expect_failure` the
+    reconfiguration must fail (and the sessions still complete on their old path)."""
     boxes = boxes or {}
     running: dict[str, Middlebox] = {}
     opened = 0
-    with LabAgents(lab, ["client", "server", *hops, *spare], backend=opts.backend) as agents:
+    agents = LabAgents(lab, ["client", "server", *hops, *spare], backend=opts.backend)
+    if content_delta:
+        short, l2r, r2l = content_delta
+        agents.react(short, SessionOpened,
+                     lambda: cmd.SetContentDelta(Selector(), l2r, r2l))
+    marks: dict[str, Any] = {}
+    with agents:
         try:
             for short, factory in boxes.items():
                 running[short] = factory(lab.pod(short).name)
                 running[short].start()
             agents.set_chain("client", "server", hops, {opts.port})
 
-            marks: dict[str, int] = {}
-
             def client_packets() -> int:
                 return int(agents.stats()["client"]["packets"])
 
             def during() -> None:
-                if not _wait_for(lambda: agents.notifications()["SessionOpened"] > 0, 10):
+                """Reconfigure sessions well under way; note how far they had got when
+                the reconfiguration completed, and the middlebox counters then."""
+                assert reconfig is not None
+                if not _wait_for(lambda: client_packets() >= after_packets, 30):
                     return
-                if content_delta:
-                    short, l2r, r2l = content_delta
-                    agents.command(short, cmd.SetContentDelta(Selector(), l2r, r2l))
-                if reconfig:
-                    # reconfigure a session that is well under way, then note how far
-                    # it had got when the reconfiguration completed
-                    _wait_for(lambda: client_packets() >= RECONFIG_AFTER_PACKETS, 20)
-                    marks["at_start"] = client_packets()
-                    reconfig(agents)
-                    if _wait_for(lambda: agents.notifications()["ReconfigDone"] > 0, 20):
-                        marks["at_done"] = client_packets()
+                marks["at_start"] = client_packets()
+                marks["boxes_before"] = {k: b.counters() for k, b in running.items()}
+                marks["order"] = reconfig(agents, running)
+                if _wait_for(lambda: agents.notifications()["ReconfigDone"] > 0
+                             or agents.tracker.failed > 0, 20):
+                    marks["at_done"] = client_packets()
+                    marks["boxes_at_done"] = {k: b.counters() for k, b in running.items()}
 
             sport = server_port or opts.port
             result = transfer(lab, "client", "server", replace(opts, port=sport),
                               connect_port=opts.port, prefixes=prefixes,
-                              during=during if reconfig or content_delta else None)
+                              during=during if reconfig else None)
             notes = agents.notifications()
             opened = notes["SessionOpened"]
             result["agents"] = agents.stats()
@@ -224,25 +235,70 @@ def _dysco(lab: Lab, opts: Options, *, hops: list[str], spare: tuple[str, ...] =
     failures: list[str] = result["failures"]
     if opened == 0:
         failures.append("no Dysco session was opened")
-    if reconfig and notes["ReconfigDone"] == 0:
-        failures.append("the reconfiguration never completed")
-    elif reconfig:
+    if reconfig:
+        result["order"] = marks.get("order")
+        result["middleboxes_before"] = marks.get("boxes_before")
+        result["middleboxes_at_done"] = marks.get("boxes_at_done")
         final = result["agents"]["client"]["packets"]
-        result["client_packets"] = {**marks, "final": final}
-        if marks.get("at_done", final) >= final:
+        result["client_packets"] = {k: marks[k] for k in ("at_start", "at_done")
+                                    if k in marks} | {"final": final}
+        if "at_start" not in marks:
+            failures.append("the transfer ended before the reconfiguration could start")
+        elif expect_failure:
+            if notes["ReconfigDone"]:
+                failures.append("the reconfiguration completed but should have failed")
+            if not agents.tracker.failed:
+                failures.append("the core never reported the reconfiguration failed")
+        elif notes["ReconfigDone"] == 0:
+            failures.append("the reconfiguration never completed")
+        elif marks.get("at_done", final) >= final:
             failures.append(f"no packets after the reconfiguration: {result['client_packets']}")
-    if notes["ReconfigFailed"] or notes["Rejected"]:
+    if (notes["ReconfigFailed"] and not expect_failure) or notes["Rejected"]:
         failures.append(f"agents reported {notes['ReconfigFailed']} failed reconfigurations "
                         f"and {notes['Rejected']} rejected inputs")
     for short in must_see:
-        if not any(v for k, v in counts.get(short, {}).items() if k.endswith("packets")):
+        if not _saw(counts.get(short, {})):
             failures.append(f"middlebox {short} saw no traffic: {counts.get(short)}")
     result["ok"] = not failures
     return result
 
 
+def _saw(counts: dict[str, int]) -> int:
+    return sum(v for k, v in counts.items() if k.endswith("packets") and k != "dropped_packets")
+
+
+def _moved(result: dict[str, Any], short: str, *, after: bool) -> int:
+    """Packets middlebox `short` handled after (or before) the reconfiguration."""
+    before = _saw((result.get("middleboxes_at_done") or {}).get(short, {}))
+    total = _saw(result["middleboxes"].get(short, {}))
+    return total - before if after else before
+
+
+def _expect_moves(result: dict[str, Any], gone: tuple[str, ...],
+                  new: tuple[str, ...]) -> dict[str, Any]:
+    """Middlebox counters prove where the bytes went: the `gone` boxes saw traffic
+    before the reconfiguration and (almost) none after it; the `new` ones the reverse."""
+    if "middleboxes_at_done" not in result or result["middleboxes_at_done"] is None:
+        return result
+    for short in gone:
+        b, a = _moved(result, short, after=False), _moved(result, short, after=True)
+        # in-flight packets and the old path's teardown may still cross it
+        if b == 0 or a > max(50, b // 10):
+            result["failures"].append(f"{short}: {b} packets before, {a} after removal")
+    for short in new:
+        a = _moved(result, short, after=True)
+        if a == 0:
+            result["failures"].append(f"{short} saw nothing after the reconfiguration")
+    result["ok"] = not result["failures"]
+    return result
+
+
 def _fw(ns: str) -> Middlebox:
     return Firewall(ns)
+
+
+def _strict_fw(ns: str) -> Middlebox:
+    return Firewall(ns, strict=True)
 
 
 def _chain_fwd(lab: Lab, opts: Options) -> dict[str, Any]:
@@ -252,6 +308,11 @@ def _chain_fwd(lab: Lab, opts: Options) -> dict[str, Any]:
 def _chain_cross(lab: Lab, opts: Options) -> dict[str, Any]:
     return _dysco(lab, opts, hops=["mb1", "mb3"], boxes={"mb1": _fw, "mb3": Dpi},
                   must_see=("mb1", "mb3"))
+
+
+def _chain_3(lab: Lab, opts: Options) -> dict[str, Any]:
+    return _dysco(lab, opts, hops=["mb1", "mb3", "mb4"],
+                  boxes={"mb1": _fw, "mb3": Dpi, "mb4": _fw}, must_see=("mb1", "mb3", "mb4"))
 
 
 def _nat(lab: Lab, opts: Options) -> dict[str, Any]:
@@ -269,25 +330,133 @@ def _proxy(lab: Lab, opts: Options) -> dict[str, Any]:
                   must_see=("mb1",))
 
 
+def _order(op: str, **kw: Any) -> Reconfig:
+    """A reconfiguration that gives one `dysco chain` order and waits for it."""
+    def go(agents: LabAgents, boxes: dict[str, Middlebox]) -> dict[str, Any]:
+        return agents.order(Order(op=op, wait=20.0, **kw))
+    return go
+
+
 def _insert(lab: Lab, opts: Options) -> dict[str, Any]:
-    def go(agents: LabAgents) -> None:
-        agents.command("client", cmd.InsertRight(Selector(), (agents.ip("mb1"),)))
-    return _dysco(lab, opts, hops=[], spare=("mb1",), boxes={"mb1": _fw}, reconfig=go,
-                  must_see=("mb1",))
+    r = _dysco(lab, opts, hops=[], spare=("mb1",), boxes={"mb1": _fw},
+               reconfig=_order("insert", at="client", hops=("mb1",)), must_see=("mb1",))
+    return _expect_moves(r, (), ("mb1",))
+
+
+def _insert_2(lab: Lab, opts: Options) -> dict[str, Any]:
+    r = _dysco(lab, opts, hops=[], spare=("mb1", "mb3"), boxes={"mb1": _fw, "mb3": Dpi},
+               reconfig=_order("insert", at="client", hops=("mb1", "mb3")),
+               must_see=("mb1", "mb3"))
+    return _expect_moves(r, (), ("mb1", "mb3"))
 
 
 def _remove(lab: Lab, opts: Options) -> dict[str, Any]:
-    def go(agents: LabAgents) -> None:
-        agents.command("mb1", cmd.ReplaceSelf(Selector(), ()))
-    return _dysco(lab, opts, hops=["mb1"], boxes={"mb1": _fw}, reconfig=go,
-                  must_see=("mb1",))
+    r = _dysco(lab, opts, hops=["mb1"], boxes={"mb1": _fw},
+               reconfig=_order("remove", middlebox="mb1"), must_see=("mb1",))
+    return _expect_moves(r, ("mb1",), ())
 
 
 def _replace(lab: Lab, opts: Options) -> dict[str, Any]:
-    def go(agents: LabAgents) -> None:
-        agents.command("mb1", cmd.ReplaceSelf(Selector(), (agents.ip("mb3"),)))
-    return _dysco(lab, opts, hops=["mb1"], spare=("mb3",), boxes={"mb1": _fw, "mb3": _fw},
-                  reconfig=go, must_see=("mb1", "mb3"))
+    r = _dysco(lab, opts, hops=["mb1"], spare=("mb3",), boxes={"mb1": _fw, "mb3": _fw},
+               reconfig=_order("replace", middlebox="mb1", hops=("mb3",)),
+               must_see=("mb1", "mb3"))
+    return _expect_moves(r, ("mb1",), ("mb3",))
+
+
+def _replace_stateful(lab: Lab, opts: Options) -> dict[str, Any]:
+    """Strict firewalls (no mid-stream pickup): mb3 passes the sessions only because
+    their conntrack entries were copied from mb1 before the switch."""
+    def go(agents: LabAgents, boxes: dict[str, Middlebox]) -> dict[str, Any]:
+        copied = copy_state(boxes["mb1"].ns, boxes["mb3"].ns, opts.port)
+        answer = agents.order(Order(op="replace", middlebox="mb1", hops=("mb3",),
+                                    wait=20.0))
+        return {**answer, "state": copied}
+    r = _dysco(lab, opts, hops=["mb1"], spare=("mb3",),
+               boxes={"mb1": _strict_fw, "mb3": _strict_fw}, reconfig=go,
+               must_see=("mb1", "mb3"))
+    state = (r.get("order") or {}).get("state", {})
+    if state.get("imported", 0) < opts.sessions:
+        r["failures"].append(f"conntrack state not migrated for every session: {state}")
+    dropped = r["middleboxes"].get("mb3", {}).get("dropped_packets", 0)
+    if dropped > 50:
+        r["failures"].append(f"the new firewall dropped {dropped} packets")
+    return _expect_moves(r, ("mb1",), ("mb3",))
+
+
+def _remove_proxy(lab: Lab, opts: Options) -> dict[str, Any]:
+    """The proxy pod asks to be spliced out. The proxy's namespace runs without TCP
+    timestamps, so neither half of the session negotiated them and the spliced session
+    needs no timestamp translation (the core does none)."""
+    netns.sysctl(lab.pod("mb1").name, {"net.ipv4.tcp_timestamps": "0"})
+    try:
+        r = _dysco(lab, opts, hops=["mb1"],
+                   boxes={"mb1": lambda ns: Proxy(ns, port=opts.port)},
+                   prefixes=(proxy.BANNER_LR, proxy.BANNER_RL),
+                   content_delta=("mb1", len(proxy.BANNER_LR), len(proxy.BANNER_RL)),
+                   reconfig=_order("remove", middlebox="mb1"), must_see=("mb1",))
+    finally:
+        netns.sysctl(lab.pod("mb1").name, {"net.ipv4.tcp_timestamps": "1"})
+    return r
+
+
+def _many(lab: Lab, opts: Options) -> dict[str, Any]:
+    """All sessions (200 by default in the test) replaced mb1 -> mb3 by one order."""
+    r = _dysco(lab, opts, hops=["mb1"], spare=("mb3",), boxes={"mb1": _fw, "mb3": _fw},
+               reconfig=_order("replace", middlebox="mb1", hops=("mb3",)),
+               must_see=("mb1", "mb3"), after_packets=RECONFIG_AFTER_PACKETS
+               + 20 * opts.sessions)
+    answer = r.get("order") or {}
+    if answer.get("sessions") != opts.sessions or answer.get("done") != opts.sessions:
+        r["failures"].append(f"order matched {answer.get('sessions')} and completed "
+                             f"{answer.get('done')} of {opts.sessions} sessions")
+    return _expect_moves(r, ("mb1",), ("mb3",))
+
+
+def _kill_new(lab: Lab, opts: Options) -> dict[str, Any]:
+    """Insert mb2 and kill it as the order is given (its node drops everything to and
+    from it, as for a dead pod): the new path's SYN gets no answer, the core cancels
+    after its retries and the sessions finish on the direct path."""
+    pod = lab.pod("mb2")
+    node = lab.node_ns(pod.node)
+    ipt = detect_variant().binary()
+    kill = [["FORWARD", "-d", pod.ip, "-j", "DROP"], ["FORWARD", "-s", pod.ip, "-j", "DROP"]]
+
+    def go(agents: LabAgents, boxes: dict[str, Middlebox]) -> dict[str, Any]:
+        for rule in kill:
+            netns.run(node, [ipt, "-w", "-I", *rule])
+        return agents.order(Order(op="insert", at="client", hops=("mb2",), wait=20.0))
+    try:
+        r = _dysco(lab, opts, hops=[], spare=("mb2",), boxes={"mb2": _fw}, reconfig=go,
+                   expect_failure=True)
+    finally:
+        for rule in kill:
+            while netns.run(node, [ipt, "-w", "-D", *rule], check=False).returncode == 0:
+                pass
+    if _saw(r["middleboxes"].get("mb2", {})):
+        r["failures"].append(f"the dead mb2 forwarded traffic: {r['middleboxes']['mb2']}")
+        r["ok"] = False
+    return r
+
+
+def _restart(lab: Lab, opts: Options) -> dict[str, Any]:
+    """mb1's agent restarts mid-transfer from a snapshot on tmpfs; meanwhile its rules
+    (no queue bypass) drop the pod's packets and TCP retransmits."""
+    def go(agents: LabAgents, boxes: dict[str, Middlebox]) -> dict[str, Any]:
+        before = agents.stats()["mb1"]["packets"]
+        info = agents.restart("mb1")
+        _wait_for(lambda: agents.stats()["mb1"]["packets"] > 0, 10)
+        return {**info, "packets_before": before}
+    r = _dysco(lab, opts, hops=["mb1"], boxes={"mb1": _fw}, reconfig=go,
+               must_see=("mb1",))
+    # no reconfiguration here: the sessions carry on through the restored agent
+    r["failures"] = [f for f in r["failures"]
+                     if "reconfiguration never completed" not in f
+                     and "no packets after the reconfiguration" not in f]
+    after = r["agents"]["mb1"]["packets"]
+    if after == 0:
+        r["failures"].append("the restored mb1 agent handled no packets")
+    r["ok"] = not r["failures"]
+    return r
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -303,10 +472,24 @@ SCENARIOS: dict[str, Scenario] = {
                  _nat),
         Scenario("proxy", "client -> TCP-terminating proxy adding banners (mb1) -> server",
                  _proxy),
+        Scenario("chain-3", "client -> firewall (mb1) -> DPI (mb3) -> firewall (mb4) "
+                 "-> server", _chain_3),
         Scenario("insert", "live insertion of a firewall (mb1) into a direct session",
                  _insert),
+        Scenario("insert-2", "live insertion of firewall mb1 and DPI mb3 at once (0 -> 2)",
+                 _insert_2),
         Scenario("remove", "live removal of the firewall (mb1) from a session", _remove),
         Scenario("replace", "live replacement of firewall mb1 by firewall mb3", _replace),
+        Scenario("replace-stateful", "live replacement of a strict stateful firewall, "
+                 "conntrack state copied mb1 -> mb3 first", _replace_stateful),
+        Scenario("remove-proxy", "the TCP-terminating proxy (mb1) splices itself out",
+                 _remove_proxy),
+        Scenario("many", "all sessions replaced mb1 -> mb3 by one order (use "
+                 "--sessions 200)", _many),
+        Scenario("kill-new", "insertion of a dead middlebox (mb2) fails; sessions finish "
+                 "on the old path", _kill_new),
+        Scenario("restart", "mb1's agent restarts mid-transfer (snapshot/restore)",
+                 _restart),
     ]
 }
 
