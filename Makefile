@@ -27,8 +27,8 @@ test: setup lint
 	$(BIN)/pytest -q tests/unit tests/sim
 
 lint: setup
-	$(BIN)/ruff check agent-sidecar/dysco/core agent-sidecar/dysco/sim tests/sim
-	$(BIN)/mypy --strict agent-sidecar/dysco/core agent-sidecar/dysco/sim
+	$(BIN)/ruff check agent-sidecar operator tests
+	$(BIN)/mypy --strict agent-sidecar/dysco operator/dysco_operator
 
 sim: setup
 	$(BIN)/dysco sim --all --runs 20 --seed 1 --loss 0.02 --quiet
