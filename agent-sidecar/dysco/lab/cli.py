@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from dysco.dataplane import nfq
 
 from . import bench, control, scenarios
+from .agents import LabAgents
 from .topology import DEFAULT_PREFIX, OFFLOAD_MODES, Lab
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMG]?)(i?B?)?$", re.IGNORECASE)
@@ -67,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
         print("dysco lab run: give --scenario NAME or --list", file=sys.stderr)
         return 2
     opts = scenarios.Options(bytes=args.bytes, sessions=args.sessions, timeout=args.timeout,
-                             backend=args.backend)
+                             backend=args.backend, rate=args.rate)
     result = scenarios.run(args.scenario, _lab(args), opts)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -82,6 +86,23 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
+def _agents(args: argparse.Namespace) -> int:
+    """Run agents on every lab pod until interrupted; `dysco chain` orders go to them."""
+    lab = _lab(args)
+    lab.up()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with LabAgents(lab, [p.short for p in lab.pods()], backend=args.backend) as agents:
+        agents.set_chain("client", "server", args.hops, set(args.ports))
+        print(json.dumps({"serving": str(control.socket_path(lab.prefix)),
+                          "chain": ["client", *args.hops, "server"], "ports": args.ports}),
+              flush=True)
+        stop.wait()
+        print(json.dumps(agents.stats()), flush=True)
+    return 0
+
+
 def add_lab_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `dysco lab up|down|status|run`."""
     lab = subparsers.add_parser("lab", help="the network-namespace lab (nodes and pods)")
@@ -92,6 +113,14 @@ def add_lab_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         p = sub.add_parser(name, help=text)
         _common(p)
         p.set_defaults(func=func)
+    ag = sub.add_parser("agents", help="run Dysco agents on every lab pod until Ctrl-C "
+                        "(for `dysco chain` by hand)")
+    _common(ag)
+    ag.add_argument("--hops", type=lambda t: [h for h in t.split(",") if h], default=[],
+                    help="chain of new client -> server sessions, e.g. mb1,mb3")
+    ag.add_argument("--ports", type=int, nargs="+", default=[5001])
+    ag.add_argument("--backend", choices=sorted(nfq.BACKENDS), default="raw")
+    ag.set_defaults(func=_agents)
     run = sub.add_parser("run", help="run a scenario (brings the lab up if needed)")
     _common(run)
     run.add_argument("--scenario", choices=sorted(scenarios.SCENARIOS))
@@ -100,6 +129,9 @@ def add_lab_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
                      help="bytes per direction per session (e.g. 50M)")
     run.add_argument("--sessions", type=int, default=1)
     run.add_argument("--timeout", type=float, default=30.0, help="socket timeout, s")
+    run.add_argument("--rate", type=parse_size, default=0,
+                     help="pace each direction of each session to this many bytes/s "
+                     "(e.g. 32K with --sessions 200; default: as fast as possible)")
     run.add_argument("--backend", choices=sorted(nfq.BACKENDS), default="raw",
                      help="NFQUEUE backend of the Dysco agents")
     run.add_argument("--json", action="store_true", help="print the full result as JSON")
@@ -109,28 +141,51 @@ def add_lab_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
 def _bench(args: argparse.Namespace) -> int:
     lab = _lab(args)
     lab.up()
+    load = Path("/proc/loadavg").read_text().split()[:3]
     rows = [bench.measure(lab, "plain routing", seconds=args.seconds, count=args.count)]
+    reconfigs: list[dict[str, object]] = []
     if not args.plain_only:
-        for hops in ([], ["mb1"]):
+        for hops in (["mb1"], ["mb1", "mb3"]):
             for backend in args.backends:
                 rows.append(bench.measure_dysco(lab, hops, backend, seconds=args.seconds,
                                                 count=args.count))
+        for n in args.reconfig_sessions:
+            reconfigs.append(bench.reconfiguration(lab, n, args.backends[0]))
     print(bench.table(rows))
+    for rc in reconfigs:
+        print(f"replace mb1 -> mb3 for {rc['sessions']} idle session(s) "
+              f"({rc['backend']}): all done in {rc.get('seconds')} s, per session p50 "
+              f"{rc.get('p50_s')} s, p99 {rc.get('p99_s')} s; {rc.get('setup_per_s')} "
+              f"sessions/s opened; agent {rc.get('agent_cpu_us_per_session_setup')} µs CPU "
+              f"and {rc.get('agent_rss_kib_per_session')} KiB per session; "
+              f"{'ok' if rc.get('ok') else 'FAILED'}")
+    head = bench.summary(rows, reconfigs, args.backends[0]) if not args.plain_only else {}
+    print(json.dumps(head))
+    print(f"load average before the run: {' '.join(load)} ({os.cpu_count()} CPUs)")
+    if args.plot and not args.plain_only:
+        bench.plot(rows, args.plot)
+        print(f"plot written to {args.plot}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
-    return 0
+        Path(args.json).write_text(json.dumps({**head, "load_before": load, "rows": rows,
+                                               "reconfiguration": reconfigs},
+                                              indent=2) + "\n")
+    return 0 if all(rc.get("ok") for rc in reconfigs) else 1
 
 
 def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `dysco bench`."""
     p = subparsers.add_parser("bench", help="measure goodput and latency in the lab")
     _common(p)
-    p.add_argument("--seconds", type=float, default=5.0, help="iperf3 time per direction")
+    p.add_argument("--seconds", type=float, default=3.0, help="iperf3 time per direction")
     p.add_argument("--count", type=int, default=2000, help="round trips per latency probe")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     p.add_argument("--backends", nargs="+", choices=sorted(nfq.BACKENDS),
                    default=["raw", "binding"], help="NFQUEUE backends for the Dysco rows")
     p.add_argument("--plain-only", action="store_true", help="skip the Dysco rows")
+    p.add_argument("--plot", metavar="PNG", default="dysco-bench.png",
+                   help="write goodput and latency bars here")
+    p.add_argument("--reconfig-sessions", type=int, nargs="*", default=[1, 1000],
+                   help="idle sessions replaced mb1 -> mb3 by one order (timed)")
     p.set_defaults(func=_bench)
 
 

@@ -66,9 +66,38 @@ def connects(host: str, port: int, count: int) -> dict[str, float]:
     return _summary(samples)
 
 
+def hold(host: str, port: int, count: int) -> int:
+    """Open `count` connections and echo one byte on each; print a JSON line; wait for a
+    line on stdin (the bench reconfigures them meanwhile); echo on each again and print
+    how many still work. For timing reconfigurations of many idle sessions."""
+    socks = []
+    t0 = time.perf_counter()
+    for _ in range(count):
+        s = socket.create_connection((host, port), timeout=10)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(b"o")
+        if s.recv(1) != b"o":
+            raise ConnectionError("echo lost")
+        socks.append(s)
+    print(json.dumps({"open": len(socks), "seconds": round(time.perf_counter() - t0, 3)}),
+          flush=True)
+    sys.stdin.readline()
+    ok = 0
+    for s in socks:
+        try:
+            s.sendall(b"k")
+            ok += s.recv(1) == b"k"
+        except OSError:
+            pass
+    for s in socks:
+        s.close()
+    print(json.dumps({"ok": ok, "failed": len(socks) - ok}), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="dysco.lab.pingpong")
-    ap.add_argument("mode", choices=["server", "rr", "connect"])
+    ap.add_argument("mode", choices=["server", "rr", "connect", "hold"])
     ap.add_argument("--host", default="0.0.0.0")
     ap.add_argument("--port", type=int, default=5002)
     ap.add_argument("--count", type=int, default=2000)
@@ -76,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.mode == "server":
         serve(a.host, a.port)
         return 0
+    if a.mode == "hold":
+        return hold(a.host, a.port, a.count)
     probe = round_trips if a.mode == "rr" else connects
     json.dump(probe(a.host, a.port, a.count), sys.stdout)
     sys.stdout.write("\n")

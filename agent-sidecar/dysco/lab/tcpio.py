@@ -71,8 +71,11 @@ def _error_name(exc: OSError) -> str:
 
 
 def _send(sock: socket.socket, token: bytes, nbytes: int, lead: bytes,
-          res: SessionResult, prog: _Progress) -> None:
+          res: SessionResult, prog: _Progress, rate: int = 0) -> None:
+    """Send `nbytes`; `rate` > 0 paces the sending to that many bytes per second."""
     sha = hashlib.sha256()
+    chunk_max = _CHUNK if rate <= 0 else max(1024, min(_CHUNK, rate // 20))
+    start = time.monotonic()
     pos = int.from_bytes(hashlib.sha256(token).digest()[:4], "big") % len(_POOL)
     view = memoryview(_POOL_WRAP)
     try:
@@ -81,7 +84,11 @@ def _send(sock: socket.socket, token: bytes, nbytes: int, lead: bytes,
             sha.update(lead)
             res.sent += len(lead)
         while res.sent < nbytes:
-            n = min(_CHUNK, nbytes - res.sent)
+            if rate > 0:
+                ahead = res.sent / rate - (time.monotonic() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
+            n = min(chunk_max, nbytes - res.sent)
             chunk = view[pos:pos + n]
             sock.sendall(chunk)
             sha.update(chunk)
@@ -123,7 +130,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 def exchange(sock: socket.socket, nbytes: int, *, is_client: bool, timeout: float,
-             skip: int = 0) -> SessionResult:
+             skip: int = 0, rate: int = 0) -> SessionResult:
     """Send and receive `nbytes` at once on a connected socket; close it at the end.
 
     The first `skip` received bytes are not part of the stream (a proxy's banner):
@@ -139,13 +146,15 @@ def exchange(sock: socket.socket, nbytes: int, *, is_client: bool, timeout: floa
         if is_client:
             token = random.randbytes(TOKEN_LEN)
             sender = threading.Thread(target=_send,
-                                      args=(sock, token, nbytes, token, res, prog[0]))
+                                      args=(sock, token, nbytes, token, res, prog[0],
+                                            rate))
             sender.start()
             res.prefix = _recv_exact(sock, skip).hex()
         else:
             res.prefix = _recv_exact(sock, skip).hex()
             token = first = _recv_exact(sock, TOKEN_LEN)
-            sender = threading.Thread(target=_send, args=(sock, token, nbytes, b"", res, prog[0]))
+            sender = threading.Thread(target=_send,
+                                      args=(sock, token, nbytes, b"", res, prog[0], rate))
             sender.start()
         res.token = token.hex()
         _receive(sock, res, prog[1], first)
@@ -162,12 +171,12 @@ def exchange(sock: socket.socket, nbytes: int, *, is_client: bool, timeout: floa
 
 
 def _run_sessions(socks: list[socket.socket], nbytes: int, is_client: bool,
-                  timeout: float, skip: int) -> list[SessionResult]:
+                  timeout: float, skip: int, rate: int = 0) -> list[SessionResult]:
     results: list[SessionResult] = [SessionResult() for _ in socks]
 
     def one(i: int) -> None:
         results[i] = exchange(socks[i], nbytes, is_client=is_client, timeout=timeout,
-                              skip=skip)
+                              skip=skip, rate=rate)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(socks))]
     for t in threads:
@@ -178,7 +187,7 @@ def _run_sessions(socks: list[socket.socket], nbytes: int, is_client: bool,
 
 
 def serve(bind: str, port: int, sessions: int, nbytes: int, timeout: float,
-          skip: int = 0) -> dict[str, Any]:
+          skip: int = 0, rate: int = 0) -> dict[str, Any]:
     """Accept `sessions` connections and run them all at once."""
     listener = socket.create_server((bind, port), backlog=max(16, sessions))
     listener.settimeout(timeout)
@@ -193,12 +202,12 @@ def serve(bind: str, port: int, sessions: int, nbytes: int, timeout: float,
         return {"role": "server", "error": _error_name(exc), "sessions": []}
     finally:
         listener.close()
-    results = _run_sessions(socks, nbytes, False, timeout, skip)
+    results = _run_sessions(socks, nbytes, False, timeout, skip, rate)
     return {"role": "server", "error": None, "sessions": [asdict(r) for r in results]}
 
 
 def connect(host: str, port: int, sessions: int, nbytes: int, timeout: float,
-            skip: int = 0) -> dict[str, Any]:
+            skip: int = 0, rate: int = 0) -> dict[str, Any]:
     """Open `sessions` connections, timing each connect(), then run them all at once."""
     socks, connect_ms = [], []
     try:
@@ -210,7 +219,7 @@ def connect(host: str, port: int, sessions: int, nbytes: int, timeout: float,
         for s in socks:
             s.close()
         return {"role": "client", "error": _error_name(exc), "sessions": []}
-    results = _run_sessions(socks, nbytes, True, timeout, skip)
+    results = _run_sessions(socks, nbytes, True, timeout, skip, rate)
     return {"role": "client", "error": None, "connect_ms": connect_ms,
             "sessions": [asdict(r) for r in results]}
 
@@ -225,11 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=10.0, help="socket timeout (hard stall)")
     ap.add_argument("--skip", type=int, default=0,
                     help="received bytes that precede the stream (a proxy's banner)")
+    ap.add_argument("--rate", type=int, default=0,
+                    help="pace each direction of each session to this many bytes/s")
     a = ap.parse_args(argv)
     if a.role == "server":
-        out = serve(a.host, a.port, a.sessions, a.bytes, a.timeout, a.skip)
+        out = serve(a.host, a.port, a.sessions, a.bytes, a.timeout, a.skip, a.rate)
     else:
-        out = connect(a.host, a.port, a.sessions, a.bytes, a.timeout, a.skip)
+        out = connect(a.host, a.port, a.sessions, a.bytes, a.timeout, a.skip, a.rate)
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
     return 0

@@ -70,8 +70,14 @@ async def _serve(listen: int, counts: dict[str, int]) -> None:
         sreader, swriter = await asyncio.open_connection(sock=up)
         swriter.write(BANNER_LR)
         cwriter.write(BANNER_RL)
-        await asyncio.gather(_pipe(creader, swriter, counts, "bytes_to_server"),
-                             _pipe(sreader, cwriter, counts, "bytes_to_client"))
+        try:
+            await asyncio.gather(_pipe(creader, swriter, counts, "bytes_to_server"),
+                                 _pipe(sreader, cwriter, counts, "bytes_to_client"))
+        except asyncio.CancelledError:
+            # shut down with a session still open: a spliced-out session's halves stay
+            # idle (Dysco carries the session) and are dropped with the process
+            counts["spliced_or_open"] = counts.get("spliced_or_open", 0) + 1
+            return
         swriter.close()
         cwriter.close()
 
@@ -127,13 +133,27 @@ class Proxy:
         return self.chain.counters()
 
     def stop(self) -> dict[str, int]:
+        """Stop the proxy without a word on its sessions: once spliced out (Dysco carries
+        the session end to end) its two halves must not send a FIN or RST with the
+        session's tuple, which the endpoints would answer with resets. So its locally
+        sent TCP is dropped while the process ends and its sockets are destroyed."""
         final = self.counters()
+        quiet = [self.chain.variant.binary(), "-w", "-t", "raw", "-I", "OUTPUT", "-p", "tcp",
+                 "-m", "comment", "--comment", "dysco-proxy-quiet", "-j", "DROP"]
         if self.proc is not None:
-            self.proc.terminate()
-            out, _ = self.proc.communicate(timeout=10)
-            self.proc = None
-            with contextlib.suppress(ValueError, IndexError):
-                final |= json.loads(out.strip().splitlines()[-1])
+            netns.run(self.ns, quiet)
+            try:
+                self.proc.terminate()
+                out, _ = self.proc.communicate(timeout=10)
+                self.proc = None
+                with contextlib.suppress(ValueError, IndexError):
+                    final |= json.loads(out.strip().splitlines()[-1])
+                netns.run(self.ns, ["ss", "-K", "-t", "state", "all"], check=False)
+            finally:
+                quiet[4] = "-D"
+                del quiet[6]
+                while netns.run(self.ns, quiet, check=False).returncode == 0:
+                    pass
         self.chain.remove()
         self._route("del")
         return final
