@@ -13,7 +13,7 @@ from . import seq
 from .base import AgentBase
 from .control import Control, MsgType, NackReason
 from .events import ReconfigDone, ReconfigFailed, ReconfigStarted
-from .state import Lock, Path, Phase, Reconfig, Retry, Session, Side, reverse
+from .state import Lock, Path, Phase, Reconfig, Retry, Session, Side, Tuple4, reverse
 
 _PERMANENT = {NackReason.NO_ANCHOR, NackReason.NO_SESSION}
 
@@ -67,11 +67,8 @@ class Reconfigurer(AgentBase):
     def _send_request(self, side: Side) -> None:
         rc = side.rc
         assert rc is not None
-        msg = Control(
-            MsgType.REQUEST_LOCK, rc.rid, side.path.sub_out, self.address, rc.other,
-            value=side.path.snd_off & seq.MASK,
-        )
-        self._send(msg, side.path.peer)
+        self._over(side.path, MsgType.REQUEST_LOCK, rc.rid, self.address, rc.other,
+                   side.path.snd_off)
         self._arm(side, self.config.lock_timeout)
 
     def _arm(self, side: Side, after: float) -> None:
@@ -114,6 +111,15 @@ class Reconfigurer(AgentBase):
             # The right anchor heard nothing for a long time: the left anchor is gone.
             self._abandon_right(side)
 
+    def _over(
+        self, path: Path, mtype: MsgType, rid: int, la: int, ra: int, value: int = 0,
+        reason: NackReason = NackReason.NONE, session: Tuple4 = (0, 0, 0, 0),
+        hops: tuple[int, ...] = (),
+    ) -> None:
+        """Send a control message to the neighbour at the other end of `path`."""
+        msg = Control(mtype, rid, path.sub_out, la, ra, value & seq.MASK, reason, session, hops)
+        self._send(msg, path.peer)
+
     # ----- locking -----
     def _on_request_lock(self, msg: Control, src: int) -> None:
         entry = self.by_in.get(msg.sub)
@@ -144,8 +150,7 @@ class Reconfigurer(AgentBase):
     def _forward_request(self, msg: Control, s: Session) -> None:
         assert s.right is not None
         value = seq.add(msg.value, self._through_delta(s, True))
-        fwd = Control(MsgType.REQUEST_LOCK, msg.rid, s.right.path.sub_out, msg.la, msg.ra, value)
-        self._send(fwd, s.right.path.peer)
+        self._over(s.right.path, MsgType.REQUEST_LOCK, msg.rid, msg.la, msg.ra, value)
 
     def _request_at_anchor(self, msg: Control, side: Side) -> None:
         rc = side.rc
@@ -167,15 +172,10 @@ class Reconfigurer(AgentBase):
     def _ack_lock(self, side: Side) -> None:
         rc = side.rc
         assert rc is not None
-        msg = Control(
-            MsgType.ACK_LOCK, rc.rid, side.path.sub_out, rc.other, self.address,
-            value=side.path.snd_off & seq.MASK,
-        )
-        self._send(msg, side.path.peer)
+        self._over(side.path, MsgType.ACK_LOCK, rc.rid, rc.other, self.address, side.path.snd_off)
 
     def _nack(self, msg: Control, side: Side, reason: NackReason) -> None:
-        back = Control(MsgType.NACK_LOCK, msg.rid, side.path.sub_out, msg.la, msg.ra, 0, reason)
-        self._send(back, side.path.peer)
+        self._over(side.path, MsgType.NACK_LOCK, msg.rid, msg.la, msg.ra, 0, reason)
 
     def _nack_raw(self, msg: Control, src: int, reason: NackReason) -> None:
         back = Control(MsgType.NACK_LOCK, msg.rid, reverse(msg.sub), msg.la, msg.ra, 0, reason)
@@ -195,8 +195,7 @@ class Reconfigurer(AgentBase):
             return
         if msg.la == self.address:
             # a lock granted for an attempt we abandoned: release it along the path
-            stale = Control(MsgType.CANCEL_LOCK, msg.rid, side.path.sub_out, msg.la, msg.ra)
-            self._send(stale, side.path.peer)
+            self._over(side.path, MsgType.CANCEL_LOCK, msg.rid, msg.la, msg.ra)
             return
         if side.lock_rid != msg.rid or side.lock is Lock.UNLOCKED:
             return
@@ -205,8 +204,7 @@ class Reconfigurer(AgentBase):
         if s.left is None:
             return
         value = seq.add(msg.value, self._through_delta(s, False))
-        fwd = Control(MsgType.ACK_LOCK, msg.rid, s.left.path.sub_out, msg.la, msg.ra, value)
-        self._send(fwd, s.left.path.peer)
+        self._over(s.left.path, MsgType.ACK_LOCK, msg.rid, msg.la, msg.ra, value)
 
     def _locked(self, side: Side, rc: Reconfig, left_delta: int) -> None:
         side.lock = Lock.LOCKED
@@ -226,11 +224,8 @@ class Reconfigurer(AgentBase):
     def _send_new_syn(self, side: Side) -> None:
         rc = side.rc
         assert rc is not None and side.new is not None
-        msg = Control(
-            MsgType.SYN, rc.rid, side.new.sub_out, self.address, rc.other,
-            session=side.out_key, hops=(*rc.hops, rc.other),
-        )
-        self._send(msg, side.new.peer)
+        self._over(side.new, MsgType.SYN, rc.rid, self.address, rc.other,
+                   session=side.out_key, hops=(*rc.hops, rc.other))
         self._arm(side, self.config.syn_timeout)
 
     def _on_nack_lock(self, msg: Control) -> None:
@@ -255,10 +250,7 @@ class Reconfigurer(AgentBase):
         side.lock = Lock.UNLOCKED
         s = side.session
         if s.left is not None:
-            fwd = Control(
-                MsgType.NACK_LOCK, msg.rid, s.left.path.sub_out, msg.la, msg.ra, 0, msg.reason,
-            )
-            self._send(fwd, s.left.path.peer)
+            self._over(s.left.path, MsgType.NACK_LOCK, msg.rid, msg.la, msg.ra, 0, msg.reason)
 
     # ----- cancel -----
     def _cancel(self, side: Side, why: str) -> None:
@@ -275,8 +267,7 @@ class Reconfigurer(AgentBase):
     def _send_cancel(self, side: Side) -> None:
         rc = side.rc
         assert rc is not None
-        msg = Control(MsgType.CANCEL_LOCK, rc.rid, side.path.sub_out, self.address, rc.other)
-        self._send(msg, side.path.peer)
+        self._over(side.path, MsgType.CANCEL_LOCK, rc.rid, self.address, rc.other)
         self._arm(side, self.config.cancel_timeout)
 
     def _on_cancel_lock(self, msg: Control, src: int) -> None:
@@ -293,20 +284,17 @@ class Reconfigurer(AgentBase):
                 Phase.REQUESTED, Phase.WAITING,
             ):
                 self._abandon_right(side)
-            back = Control(MsgType.ACK_CANCEL, msg.rid, side.path.sub_out, msg.la, msg.ra)
-            self._send(back, side.path.peer)
+            self._over(side.path, MsgType.ACK_CANCEL, msg.rid, msg.la, msg.ra)
             return
         right = s.right
         if right is None:
-            back = Control(MsgType.ACK_CANCEL, msg.rid, side.path.sub_out, msg.la, msg.ra)
-            self._send(back, side.path.peer)
+            self._over(side.path, MsgType.ACK_CANCEL, msg.rid, msg.la, msg.ra)
             return
         if right.lock_rid == msg.rid and right.lock is not Lock.UNLOCKED:
             right.lock = Lock.UNLOCKED
         if right.saved is not None and right.saved.rid == msg.rid:
             right.saved = None
-        fwd = Control(MsgType.CANCEL_LOCK, msg.rid, right.path.sub_out, msg.la, msg.ra)
-        self._send(fwd, right.path.peer)
+        self._over(right.path, MsgType.CANCEL_LOCK, msg.rid, msg.la, msg.ra)
 
     def _abandon_right(self, side: Side) -> None:
         rc = side.rc
@@ -332,8 +320,7 @@ class Reconfigurer(AgentBase):
             return
         s = side.session
         if s.left is not None:
-            fwd = Control(MsgType.ACK_CANCEL, msg.rid, s.left.path.sub_out, msg.la, msg.ra)
-            self._send(fwd, s.left.path.peer)
+            self._over(s.left.path, MsgType.ACK_CANCEL, msg.rid, msg.la, msg.ra)
 
     def _give_up(self, side: Side, why: str) -> None:
         """End this attempt at the left anchor; retry later unless attempts are used up."""
@@ -423,11 +410,8 @@ class Reconfigurer(AgentBase):
         self._forward_syn(msg, right)
 
     def _forward_syn(self, msg: Control, right: Side) -> None:
-        fwd = Control(
-            MsgType.SYN, msg.rid, right.path.sub_out, msg.la, msg.ra,
-            session=msg.session, hops=msg.hops[1:],
-        )
-        self._send(fwd, right.path.peer)
+        self._over(right.path, MsgType.SYN, msg.rid, msg.la, msg.ra,
+                   session=msg.session, hops=msg.hops[1:])
 
     def _relay(self, msg: Control, leftward: bool) -> bool:
         """Pass a new-path message through a new-path middlebox; False if we are an anchor."""
@@ -441,8 +425,7 @@ class Reconfigurer(AgentBase):
         nxt = s.left if leftward else s.right
         if nxt is None or side.is_left == leftward:
             return True
-        fwd = Control(msg.type, msg.rid, nxt.path.sub_out, msg.la, msg.ra, msg.value)
-        self._send(fwd, nxt.path.peer)
+        self._over(nxt.path, msg.type, msg.rid, msg.la, msg.ra, msg.value)
         return True
 
     def _on_syn_ack(self, msg: Control) -> None:
@@ -470,10 +453,7 @@ class Reconfigurer(AgentBase):
     def _send_ack(self, side: Side) -> None:
         rc = side.rc
         assert rc is not None and side.new is not None and rc.cutoff_snd is not None
-        msg = Control(
-            MsgType.ACK, rc.rid, side.new.sub_out, self.address, rc.other, rc.cutoff_snd,
-        )
-        self._send(msg, side.new.peer)
+        self._over(side.new, MsgType.ACK, rc.rid, self.address, rc.other, rc.cutoff_snd)
         self._arm(side, self.config.ack_timeout)
 
     def _on_ack(self, msg: Control) -> None:
@@ -489,10 +469,7 @@ class Reconfigurer(AgentBase):
             return
         rc.cutoff_rcv = seq.add(msg.value, rc.delta)
         assert rc.cutoff_snd is not None
-        back = Control(
-            MsgType.ACK_ACK, rc.rid, side.new.sub_out, msg.la, self.address, rc.cutoff_snd,
-        )
-        self._send(back, side.new.peer)
+        self._over(side.new, MsgType.ACK_ACK, rc.rid, msg.la, self.address, rc.cutoff_snd)
         if rc.deadline is None or rc.deadline > self.now + self.config.complete_timeout:
             self._arm(side, self.config.complete_timeout)
         self._check_complete(side)
@@ -599,8 +576,7 @@ class Reconfigurer(AgentBase):
                 self._finish(side)
             return
         if s.right is not None:
-            fwd = Control(MsgType.TEARDOWN, msg.rid, s.right.path.sub_out, msg.la, msg.ra)
-            self._send(fwd, s.right.path.peer)
+            self._over(s.right.path, MsgType.TEARDOWN, msg.rid, msg.la, msg.ra)
         if not s.torn:
             s.torn = True
             s.close_how = "teardown"
@@ -623,11 +599,8 @@ class Reconfigurer(AgentBase):
         left, right = s.left, s.right
         if left is None or right is None or s.removal is None:
             return
-        msg = Control(
-            MsgType.RIGHT_REQUEST, 0, left.path.sub_out, left.path.peer, right.path.peer,
-            session=s.tuple4(), hops=s.removal,
-        )
-        self._send(msg, left.path.peer)
+        self._over(left.path, MsgType.RIGHT_REQUEST, 0, left.path.peer, right.path.peer,
+                   session=s.tuple4(), hops=s.removal)
 
     def _removal_tick(self, s: Session, now: float) -> None:
         if s.sid not in self.sessions or s.torn or s.removal is None:
