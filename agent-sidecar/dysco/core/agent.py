@@ -249,7 +249,10 @@ class Agent(Reconfigurer):
         if syn and not flags & ACK and s.syn_payload:
             pkt = pkt.rebuild(payload=s.syn_payload)
         rc = side.rc
-        if side.phase is Phase.TWO_PATHS and rc is not None and side.new is not None:
+        if (
+            side.phase is Phase.TWO_PATHS and rc is not None and side.new is not None
+            and rc.cutoff_snd is not None and rc.old_rcvd_max is not None
+        ):
             parts = split_two_paths(side, rc, pkt)
             for p, on_new in parts:
                 to_wire(p, side.new if on_new else side.path)

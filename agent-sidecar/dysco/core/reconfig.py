@@ -40,11 +40,14 @@ class Reconfigurer(AgentBase):
 
     @staticmethod
     def _idle(side: Side | None) -> bool:
-        """Not part of a reconfiguration, and past the TCP handshake."""
+        """Not part of a reconfiguration, and traffic seen both ways (past the handshake,
+        unless the middlebox joined mid-session): cutoffs need known sequence numbers."""
         return side is None or (
             side.phase is Phase.ONE_PATH
             and side.rc is None
-            and (side.session.inserted or (side.snd_acked is not None and side.rcv_max is not None))
+            and side.snd_max is not None
+            and side.rcv_max is not None
+            and (side.session.inserted or side.snd_acked is not None)
         )
 
     # ----- starting (left anchor) -----
