@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .k8s.cli import add_agent_parser
-from .lab.cli import add_bench_parser, add_lab_parser
+from .lab.cli import add_bench_parser, add_chain_parser, add_lab_parser
 from .sim.cli import add_sim_parser
 from .sim.fuzz import add_fuzz_parser
 
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_fuzz_parser(sub)
     add_lab_parser(sub)
     add_bench_parser(sub)
+    add_chain_parser(sub)
     add_agent_parser(sub)
     return parser
 

@@ -27,7 +27,8 @@ ECHO_PORT = 5002
 COLUMNS = [("label", "row", "{}"), ("fwd_gbps", "fwd Gbit/s", "{:.2f}"),
            ("rev_gbps", "rev Gbit/s", "{:.2f}"), ("rr_p50_us", "RR p50 µs", "{:.0f}"),
            ("rr_p99_us", "RR p99 µs", "{:.0f}"), ("connect_p50_us", "connect p50 µs", "{:.0f}"),
-           ("connect_p99_us", "connect p99 µs", "{:.0f}")]
+           ("connect_p99_us", "connect p99 µs", "{:.0f}"), ("setup_per_s", "setups/s", "{:.0f}"),
+           ("agent_cpu_s_per_gb", "agent CPU s/GB", "{:.1f}")]
 
 
 def _iperf(ns: str, host: str, port: int, seconds: float, reverse: bool) -> float:
@@ -240,7 +241,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     """Rows as an aligned plain-text table."""
     cells = [[title for _, title, _ in COLUMNS]]
     for row in rows:
-        cells.append([fmt.format(row[key]) if key in row else "-" for key, _, fmt in COLUMNS])
+        cells.append([fmt.format(row[key]) if row.get(key) is not None else "-"
+                      for key, _, fmt in COLUMNS])
     widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
                        enumerate(zip(r, widths, strict=True))) for r in cells]

@@ -151,7 +151,6 @@ class Proxy:
                 netns.run(self.ns, ["ss", "-K", "-t", "state", "all"], check=False)
             finally:
                 quiet[4] = "-D"
-                del quiet[6]
                 while netns.run(self.ns, quiet, check=False).returncode == 0:
                     pass
         self.chain.remove()
