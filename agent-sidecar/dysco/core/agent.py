@@ -306,10 +306,6 @@ class Agent(Reconfigurer):
             s.closing_at = self.now + self.config.linger
             self._at(s.closing_at, lambda now: self._linger_done(s, now))
 
-    def _linger_done(self, s: Session, now: float) -> None:
-        if s.closing_at is not None and s.closing_at <= now:
-            self._free_session(s, s.close_how)
-
     def _close_now(self, s: Session, how: str) -> None:
         """RST: forget the session after the linger (the RST itself still passes through
         a middlebox's application and out the other side meanwhile)."""
@@ -318,18 +314,6 @@ class Agent(Reconfigurer):
         s.close_how = how
         s.closing_at = self.now + self.config.linger
         self._at(s.closing_at, lambda now: self._linger_done(s, now))
-
-    def _watch_idle(self, s: Session) -> None:
-        when = s.last_activity + self.config.idle_timeout
-        self._at(when, lambda now: self._idle_check(s, now))
-
-    def _idle_check(self, s: Session, now: float) -> None:
-        if s.sid not in self.sessions:
-            return
-        if now - s.last_activity >= self.config.idle_timeout:
-            self._free_session(s, "idle")
-        else:
-            self._watch_idle(s)
 
     # ================= control messages =================
     _control_table = {

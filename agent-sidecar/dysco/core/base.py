@@ -132,6 +132,22 @@ class AgentBase:
             self.pending_tag.pop(s.tag, None)
         self._notify(SessionClosed(s.tuple4(), how))
 
+    def _linger_done(self, s: Session, now: float) -> None:
+        if s.closing_at is not None and s.closing_at <= now:
+            self._free_session(s, s.close_how)
+
+    def _watch_idle(self, s: Session) -> None:
+        when = s.last_activity + self.config.idle_timeout
+        self._at(when, lambda now: self._idle_check(s, now))
+
+    def _idle_check(self, s: Session, now: float) -> None:
+        if s.sid not in self.sessions:
+            return
+        if now - s.last_activity >= self.config.idle_timeout:
+            self._free_session(s, "idle")
+        else:
+            self._watch_idle(s)
+
     def _send_teardown(self, side: Side, old: Path) -> None:
         """Best-effort TEARDOWN copies along a retired old path (idle timers catch losses)."""
         rc = side.rc

@@ -614,12 +614,6 @@ class Reconfigurer(AgentBase):
         self._send_right_request(s)
         self._at(now + self.config.removal_retry, lambda t: self._removal_tick(s, t))
 
-    # ----- hooks the agent provides -----
-    def _watch_idle(self, s: Session) -> None:
-        raise NotImplementedError
-
-    def _linger_done(self, s: Session, now: float) -> None:
-        raise NotImplementedError
 
 
 __all__ = ["Reconfigurer", "ctl"]
