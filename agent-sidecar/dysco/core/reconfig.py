@@ -123,6 +123,17 @@ class Reconfigurer(AgentBase):
         msg = Control(mtype, rid, path.sub_out, la, ra, value & seq.MASK, reason, session, hops)
         self._send(msg, path.peer)
 
+    def _on_path(self, msg: Control, from_left: bool) -> Side | None:
+        """The side whose current subsession `msg` arrived on, from the expected neighbour
+        (old-path messages travel on current paths; anything else is stale or stray)."""
+        entry = self.by_in.get(msg.sub)
+        if entry is None:
+            return None
+        side, path = entry
+        if side.is_left != from_left or path is not side.path:
+            return None
+        return side
+
     # ----- locking -----
     def _on_request_lock(self, msg: Control, src: int) -> None:
         entry = self.by_in.get(msg.sub)
@@ -185,11 +196,8 @@ class Reconfigurer(AgentBase):
         self._send(back, src)
 
     def _on_ack_lock(self, msg: Control) -> None:
-        entry = self.by_in.get(msg.sub)
-        if entry is None:
-            return
-        side, path = entry
-        if side.is_left or path is not side.path:
+        side = self._on_path(msg, from_left=False)
+        if side is None:
             return
         rc = side.rc
         if rc is not None and rc.role == "left" and rc.rid == msg.rid:
@@ -232,11 +240,8 @@ class Reconfigurer(AgentBase):
         self._arm(side, self.config.syn_timeout)
 
     def _on_nack_lock(self, msg: Control) -> None:
-        entry = self.by_in.get(msg.sub)
-        if entry is None:
-            return
-        side, path = entry
-        if side.is_left or path is not side.path:
+        side = self._on_path(msg, from_left=False)
+        if side is None:
             return
         rc = side.rc
         if rc is not None and rc.role == "left" and rc.rid == msg.rid:
@@ -274,11 +279,8 @@ class Reconfigurer(AgentBase):
         self._arm(side, self.config.cancel_timeout)
 
     def _on_cancel_lock(self, msg: Control, src: int) -> None:
-        entry = self.by_in.get(msg.sub)
-        if entry is None:
-            return
-        side, path = entry
-        if not side.is_left or path is not side.path:
+        side = self._on_path(msg, from_left=True)
+        if side is None:
             return
         s = side.session
         if msg.ra == self.address:
@@ -310,11 +312,8 @@ class Reconfigurer(AgentBase):
         side.phase = Phase.ONE_PATH
 
     def _on_ack_cancel(self, msg: Control) -> None:
-        entry = self.by_in.get(msg.sub)
-        if entry is None:
-            return
-        side, path = entry
-        if side.is_left or path is not side.path:
+        side = self._on_path(msg, from_left=False)
+        if side is None:
             return
         rc = side.rc
         if rc is not None and rc.role == "left" and rc.rid == msg.rid:
@@ -566,11 +565,8 @@ class Reconfigurer(AgentBase):
         self._notify(ReconfigDone(side.session.tuple4(), rc.rid, rc.role, rc.started, self.now))
 
     def _on_teardown(self, msg: Control) -> None:
-        entry = self.by_in.get(msg.sub)
-        if entry is None:
-            return
-        side, path = entry
-        if not side.is_left or path is not side.path:
+        side = self._on_path(msg, from_left=True)
+        if side is None:
             return
         s = side.session
         if msg.ra == self.address:
@@ -588,13 +584,10 @@ class Reconfigurer(AgentBase):
 
     # ----- right-request (a middlebox asks to be removed or replaced) -----
     def _on_right_request(self, msg: Control) -> None:
-        entry = self.by_in.get(msg.sub)
-        if entry is None:
+        side = self._on_path(msg, from_left=False)
+        if side is None:
             return
-        side, path = entry
-        if side.is_left or path is not side.path:
-            return
-        if msg.la != self.address or path.peer != msg.sub[0]:
+        if msg.la != self.address or side.path.peer != msg.sub[0]:
             return
         self._start(side, msg.ra, msg.hops, 1)
 
