@@ -97,12 +97,8 @@ class TcpPacket:
         if doff < 20 or ihl + doff > total_len:
             raise PacketError(f"TCP data offset {doff} invalid", "bad_doff")
         pkt = cls(bytearray(data[:total_len]), ihl, doff, total_len)
-        pkt._check_options()
+        pkt.options()  # raises OptionError on malformed options
         return pkt
-
-    def _check_options(self) -> None:
-        for _kind, _off, _ln in self.options():
-            pass
 
     # ----- reading -----
     @property
