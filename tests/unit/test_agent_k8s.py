@@ -213,6 +213,7 @@ def test_agent_step_reports_status_and_serves_read_only_http() -> None:
     agent._listed = True
     dp.session_counts = {("ns/web", 3): 7}
     dp.reconfig_counts = {("ns/web", 3): (5, 1)}
+    dp.rejection_counts = {"half_open_full": 12}
     server = agent.serve_http("127.0.0.1", 0)
     port = server.server_address[1]
     try:
@@ -225,6 +226,7 @@ def test_agent_step_reports_status_and_serves_read_only_http() -> None:
         assert st["sessions"] == [{"chain": "ns/web", "revision": 3, "count": 7}]
         assert st["reconfigurations"] == [{"chain": "ns/web", "revision": 3, "done": 5,
                                            "failed": 1}]
+        assert st["rejected"] == {"half_open_full": 12}
         assert st["conditions"][0]["type"] == "Applied"
         assert st["conditions"][0]["observedGeneration"] == 4
         agent.step()
@@ -237,6 +239,7 @@ def test_agent_step_reports_status_and_serves_read_only_http() -> None:
         assert 'dysco_reconfigurations_total{chain="ns/web",result="failed",revision="3"} 1.0' \
             in text
         assert "dysco_agent_plan_revision 3.0" in text
+        assert 'dysco_agent_rejected_total{reason="half_open_full"} 12.0' in text
         req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", method="POST")
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(req, timeout=5)
@@ -257,3 +260,15 @@ def test_cli_parser_and_dataplane_loading(monkeypatch: pytest.MonkeyPatch) -> No
     assert isinstance(load_dataplane("record"), RecordingDataPlane)
     with pytest.raises(SystemExit, match="cannot load data plane"):
         load_dataplane("no.such.module:factory")
+
+
+def test_limits_from_the_environment() -> None:
+    from dysco.dataplane.k8s import limits_from_env
+    assert limits_from_env({}) == {}
+    assert limits_from_env({"DYSCO_MAX_HALF_OPEN": "500", "DYSCO_HANDSHAKE_TIMEOUT": "2.5",
+                            "DYSCO_MAX_SESSIONS": " "}) == {
+        "max_half_open": 500, "handshake_timeout": 2.5}
+    with pytest.raises(ValueError, match="DYSCO_MAX_SESSIONS='many' is not a int"):
+        limits_from_env({"DYSCO_MAX_SESSIONS": "many"})
+    with pytest.raises(ValueError, match="must be positive"):
+        limits_from_env({"DYSCO_CONTROL_RATE": "0"})

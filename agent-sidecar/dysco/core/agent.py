@@ -52,6 +52,9 @@ class Agent(Reconfigurer):
 
     def control(self, src: int, data: bytes, now: float) -> list[Action]:
         self._begin(now)
+        if not self.control_limiter.allow(src, now):
+            self._notify(Rejected("control", "rate_limited", "over the sender's rate"))
+            return self._end()
         try:
             body = data if self.auth is None else self.auth.open(data, src, now)
             msg = ctl.decode(body)
@@ -164,12 +167,18 @@ class Agent(Reconfigurer):
 
     # ----- session setup -----
     def _new_session(self, role: str, policy: str, revision: int) -> Session | None:
+        """A session for a new SYN, or None (SYN dropped, reported) over a limit."""
         if len(self.sessions) >= self.config.max_sessions:
             self._notify(Rejected("packet", "session_table_full", "SYN dropped"))
             self._drop()
             return None
+        if self.half_open >= self.config.max_half_open:
+            self._notify(Rejected("packet", "half_open_full", "SYN dropped"))
+            self._drop()
+            return None
         s = Session(self._count("sid"), role, policy, revision, last_activity=self.now)
         self.sessions[s.sid] = s
+        self._open_half(s, self.now)
         self._watch_idle(s)
         return s
 
@@ -246,6 +255,8 @@ class Agent(Reconfigurer):
             pkt = pkt.without_tag()
         s.last_activity = self.now
         track_out(side, pkt, syn)
+        if s.half_open:
+            self._check_established(s)
         if syn and not flags & ACK and s.syn_payload:
             pkt = pkt.rebuild(payload=s.syn_payload)
         rc = side.rc
@@ -284,6 +295,8 @@ class Agent(Reconfigurer):
             self._enter_two_paths(side)  # first sign that the left anchor switched
         to_local(pkt, side, path)
         track_in(side, pkt, syn)
+        if s.half_open:
+            self._check_established(s)
         rc = side.rc
         if rc is not None and side.phase is Phase.TWO_PATHS and not on_new and pkt.seg_len:
             end = seq.add(pkt.seq, pkt.seg_len)
@@ -336,6 +349,7 @@ class Agent(Reconfigurer):
     def stats(self) -> dict[str, int]:
         return {
             "sessions": len(self.sessions),
+            "half_open": self.half_open,
             "subsessions": len(self.by_in),
             "pending": len(self.pending),
             "reconfigurations": len(self.by_rid),

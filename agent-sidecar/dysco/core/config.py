@@ -32,7 +32,17 @@ class AgentConfig:
     anchor_guard: float = 5.0
     idle_timeout: float = 120.0
     linger: float = 60.0
-    max_sessions: int = 100_000
+    # Resource limits (docs/security.md): what a flood of SYNs or control messages can
+    # take. Over a limit a new session's SYN is dropped (never passed unchained: the chain
+    # may be a firewall) and existing sessions are untouched; each refusal is reported
+    # as `Rejected` with its reason.
+    max_sessions: int = 100_000  # sessions of this agent (pod), in any state
+    max_half_open: int = 10_000  # sessions whose TCP handshake this agent has not seen end
+    handshake_timeout: float = 30.0  # a half-open session is freed after this
+    max_reconfigs: int = 10_000  # reconfigurations this agent anchors at once
+    control_rate: float = 20_000.0  # control messages per second and sender...
+    control_burst: int = 5_000  # ...with this burst
+    control_senders: int = 4_096  # senders with a bucket of their own; the rest share one
     # Control-message keys (id -> secret); empty disables authentication (tests only).
     keys: tuple[tuple[int, bytes], ...] = ()
     current_key: int = 0

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 
 from dysco.core import Agent, AgentConfig, Hop, Policy, Selector
 from dysco.core import commands as cmd
-from dysco.core.events import Event, ReconfigDone, ReconfigFailed
+from dysco.core.events import Event, ReconfigDone, ReconfigFailed, Rejected
 from dysco.k8s import interface as k8s
 
 from .runtime import Pod, PodSpec, Runtime, ip_to_int
@@ -43,10 +43,41 @@ def core_policies(policies: Sequence[k8s.Policy]) -> tuple[Policy, ...]:
     return tuple(out)
 
 
+# Per-pod resource limits of the core (`AgentConfig`), from the DaemonSet's environment
+# (chart values `agent.limits`); see docs/security.md.
+LIMIT_ENV: dict[str, tuple[str, type[int] | type[float]]] = {
+    "DYSCO_MAX_SESSIONS": ("max_sessions", int),
+    "DYSCO_MAX_HALF_OPEN": ("max_half_open", int),
+    "DYSCO_HANDSHAKE_TIMEOUT": ("handshake_timeout", float),
+    "DYSCO_MAX_RECONFIGS": ("max_reconfigs", int),
+    "DYSCO_CONTROL_RATE": ("control_rate", float),
+    "DYSCO_CONTROL_BURST": ("control_burst", int),
+}
+
+
+def limits_from_env(env: Mapping[str, str]) -> dict[str, float]:
+    """The limits set in `env` as `AgentConfig` field values; ValueError names a bad one."""
+    out: dict[str, float] = {}
+    for var, (name, kind) in LIMIT_ENV.items():
+        text = env.get(var, "").strip()
+        if not text:
+            continue
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(f"{var}={text!r} is not a {kind.__name__}") from None
+        if value <= 0:
+            raise ValueError(f"{var}={text!r} must be positive")
+        out[name] = value
+    return out
+
+
 class NodeDataPlane:
     """All pods of one node, served by one runtime thread."""
 
-    def __init__(self, backend: str = "raw") -> None:
+    def __init__(self, backend: str = "raw", limits: Mapping[str, float] | None = None) -> None:
+        self._limits = dict(limits or {})
+        self._rejected: collections.Counter[str] = collections.Counter()
         self.keys: tuple[tuple[int, bytes], ...] = ()
         self.current_key = 0
         self.runtime = Runtime(self._agent, backend=backend)
@@ -70,7 +101,8 @@ class NodeDataPlane:
         """A pod's core, with the control-message keys known at attach time."""
         return Agent(AgentConfig(address=ip_to_int(spec.address),
                                  control_port=self.runtime.control_port,
-                                 keys=self.keys, current_key=self.current_key))
+                                 keys=self.keys, current_key=self.current_key,
+                                 **self._limits))  # type: ignore[arg-type]
 
     def set_keys(self, keys: Mapping[int, bytes], current: int) -> None:
         """New keys for pods attached later, and a `SetKeys` for those attached now."""
@@ -144,8 +176,20 @@ class NodeDataPlane:
     def reconfigurations(self) -> Mapping[Key, tuple[int, int]]:
         return self.runtime.call(lambda: {k: (v[0], v[1]) for k, v in self._reconfigs.items()})
 
+    def limits(self) -> Mapping[str, float]:
+        """Each pod's core limits (the configured ones and the defaults)."""
+        config = AgentConfig(address=1, **self._limits)  # type: ignore[arg-type]
+        return {name: getattr(config, name) for name, _ in LIMIT_ENV.values()}
+
+    def rejections(self) -> Mapping[str, int]:
+        return self.runtime.call(lambda: dict(self._rejected))
+
     def _on_notify(self, pod: Pod, event: Event) -> None:
-        """Count finished reconfigurations once, at their left anchor."""
+        """Count refused inputs by reason, and finished reconfigurations once, at their
+        left anchor."""
+        if isinstance(event, Rejected):
+            self._rejected[event.reason] += 1
+            return
         if isinstance(event, ReconfigDone) and event.role == "left":
             slot = 0
         elif isinstance(event, ReconfigFailed) and event.final:
@@ -160,5 +204,7 @@ class NodeDataPlane:
 
 def create_dataplane() -> NodeDataPlane:
     """Entry point for ``dysco k8s agent --dataplane dysco.dataplane.k8s:create_dataplane``;
-    ``DYSCO_NFQ_BACKEND`` picks the NFQUEUE backend (raw, binding)."""
-    return NodeDataPlane(backend=os.environ.get("DYSCO_NFQ_BACKEND", "raw"))
+    ``DYSCO_NFQ_BACKEND`` picks the NFQUEUE backend (raw, binding), `LIMIT_ENV` the
+    limits."""
+    return NodeDataPlane(backend=os.environ.get("DYSCO_NFQ_BACKEND", "raw"),
+                         limits=limits_from_env(os.environ))

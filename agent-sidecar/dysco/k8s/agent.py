@@ -52,6 +52,18 @@ class _StatsCollector:
             c.add_metric([chain, str(rev), "success"], done)
             c.add_metric([chain, str(rev), "failed"], failed)
         yield c
+        r = CounterMetricFamily("dysco_agent_rejected",
+                                "Inputs the data plane refused (SYNs over a limit, "
+                                "malformed or unauthenticated input), by reason.",
+                                labels=["reason"])
+        for reason, n in sorted(self.agent.last_rejections.items()):
+            r.add_metric([reason], n)
+        yield r
+        g = GaugeMetricFamily("dysco_agent_limit", "Resource limits of each pod's agent.",
+                              labels=["name"])
+        for name, value in sorted(self.agent.limits.items()):
+            g.add_metric([name], value)
+        yield g
 
 
 class NodeAgent:
@@ -87,6 +99,8 @@ class NodeAgent:
         self.applied_revision: int | None = None
         self.last_sessions: Mapping[tuple[str, int], int] = {}
         self.last_reconfigs: Mapping[tuple[str, int], tuple[int, int]] = {}
+        self.last_rejections: Mapping[str, int] = {}
+        self.limits = dict(dataplane.limits())
         self._last_status: dict[str, Any] | None = None
         self._last_status_time = 0.0
 
@@ -201,6 +215,7 @@ class NodeAgent:
         self.m_draining.set(len(self.reconciler.applied.draining))
         self.last_sessions = dict(self.dataplane.sessions())
         self.last_reconfigs = dict(self.dataplane.reconfigurations())
+        self.last_rejections = dict(self.dataplane.rejections())
         if plan is not None and revision is not None:
             self._report(plan, revision)
 
@@ -223,6 +238,7 @@ class NodeAgent:
             "reconfigurations": [{"chain": c, "revision": r, "done": d, "failed": f}
                                  for (c, r), (d, f) in sorted(self.last_reconfigs.items())],
             "failures": [{"pod": k, "message": v} for k, v in sorted(failures.items())],
+            "rejected": dict(sorted(self.last_rejections.items())),
             "conditions": [{
                 "type": "Applied", "status": status, "reason": reason, "message": msg,
                 "observedGeneration": int(plan.get("metadata", {}).get("generation") or 0),

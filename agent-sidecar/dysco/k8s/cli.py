@@ -68,7 +68,10 @@ def load_dataplane(spec: str) -> DataPlane:
     except (ImportError, AttributeError) as e:
         raise SystemExit(f"dysco agent: cannot load data plane {spec!r}: {e} "
                          "(use --dataplane=record for a dry run)") from e
-    dp = factory()
+    try:
+        dp = factory()
+    except ValueError as e:  # e.g. a bad limit in the environment
+        raise SystemExit(f"dysco agent: data plane {spec!r}: {e}") from e
     if not isinstance(dp, DataPlane):
         raise SystemExit(f"dysco agent: {spec!r} did not return a DataPlane")
     return dp

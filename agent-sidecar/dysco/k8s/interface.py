@@ -70,6 +70,8 @@ class DataPlane(Protocol):
       before the first attach and whenever the mounted Secret changes (rotation).
     - ``sessions``: live sessions by (chain, revision), summed over the attached pods.
     - ``reconfigurations``: cumulative (done, failed) by (chain, target revision).
+    - ``rejections``: cumulative inputs refused, by reason (a limit reached, malformed or
+      unauthenticated input); ``limits``: the resource limits in force, by name.
     """
 
     def attach_pod(self, pod_key: str, netns_path: str, ip: str) -> None: ...
@@ -81,6 +83,8 @@ class DataPlane(Protocol):
     def set_keys(self, keys: Mapping[int, bytes], current: int) -> None: ...
     def sessions(self) -> Mapping[tuple[str, int], int]: ...
     def reconfigurations(self) -> Mapping[tuple[str, int], tuple[int, int]]: ...
+    def rejections(self) -> Mapping[str, int]: ...
+    def limits(self) -> Mapping[str, float]: ...
 
 
 class RecordingDataPlane:
@@ -94,6 +98,7 @@ class RecordingDataPlane:
         self.calls: list[tuple[str, object]] = []
         self.session_counts: dict[tuple[str, int], int] = {}
         self.reconfig_counts: dict[tuple[str, int], tuple[int, int]] = {}
+        self.rejection_counts: dict[str, int] = {}
         self.fail_attach: set[str] = set()
         self.keys: tuple[dict[int, bytes], int] | None = None
 
@@ -133,3 +138,9 @@ class RecordingDataPlane:
 
     def reconfigurations(self) -> Mapping[tuple[str, int], tuple[int, int]]:
         return dict(self.reconfig_counts)
+
+    def rejections(self) -> Mapping[str, int]:
+        return dict(self.rejection_counts)
+
+    def limits(self) -> Mapping[str, float]:
+        return {}

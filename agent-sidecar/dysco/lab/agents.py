@@ -11,14 +11,15 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from dysco.core import Agent, AgentConfig, Hop, Policy, persist
 from dysco.core import commands as cmd
-from dysco.core.events import Event, ReconfigDone, ReconfigFailed
+from dysco.core.events import Event, ReconfigDone, ReconfigFailed, Rejected
 from dysco.dataplane.runtime import Pod, PodSpec, Runtime, ip_to_int
 
 from . import control
@@ -39,8 +40,9 @@ class LabAgents:
     """Attach agents to `pods` (short names) on enter; detach them all on exit."""
 
     def __init__(self, lab: Lab, pods: list[str], backend: str = "raw",
-                 serve: bool = True) -> None:
+                 serve: bool = True, config: Mapping[str, float] | None = None) -> None:
         self.lab = lab
+        self.overrides = dict(config or {})  # AgentConfig fields (limits, timeouts)
         self.pods = pods
         self.tracker = control.Tracker()
         self.serve = serve
@@ -50,15 +52,26 @@ class LabAgents:
         self.runtime = Runtime(self._agent, backend=backend)
         self.runtime.on_notify = self._on_notify
         self._reactions: list[tuple[str, type, Callable[[], cmd.Command]]] = []
+        self.rejected: collections.Counter[tuple[str, str]] = collections.Counter()
         self._thread = threading.Thread(target=self.runtime.run, name="dysco-runtime",
                                         daemon=True)
 
     def _config(self, spec: PodSpec) -> AgentConfig:
-        return AgentConfig(address=ip_to_int(spec.address),
-                           control_port=self.runtime.control_port,
-                           keys=self.keys, current_key=1, lock_timeout=LAB_TIMEOUT,
-                           syn_timeout=LAB_TIMEOUT, ack_timeout=LAB_TIMEOUT,
-                           complete_timeout=LAB_TIMEOUT, cancel_timeout=LAB_TIMEOUT)
+        config = AgentConfig(address=ip_to_int(spec.address),
+                             control_port=self.runtime.control_port,
+                             keys=self.keys, current_key=1, lock_timeout=LAB_TIMEOUT,
+                             syn_timeout=LAB_TIMEOUT, ack_timeout=LAB_TIMEOUT,
+                             complete_timeout=LAB_TIMEOUT, cancel_timeout=LAB_TIMEOUT)
+        return replace(config, **self.overrides)  # type: ignore[arg-type]
+
+    def core_stats(self) -> dict[str, dict[str, int]]:
+        """Each agent's table sizes (`Agent.stats`), keyed by short pod name."""
+        names = {self.lab.pod(s).name: s for s in self.pods}
+
+        def read() -> dict[str, dict[str, int]]:
+            return {names[ns]: pod.processor.stats() for ns, pod in self.runtime.pods.items()
+                    if isinstance(pod.processor, Agent)}
+        return self.runtime.call(read)
 
     def _agent(self, spec: PodSpec) -> Agent:
         return Agent(self._config(spec))
@@ -94,6 +107,8 @@ class LabAgents:
         self._reactions.append((self.lab.pod(short).name, event, make))
 
     def _on_notify(self, pod: Pod, event: Event) -> None:
+        if isinstance(event, Rejected):
+            self.rejected[(pod.spec.ns, event.reason)] += 1
         if isinstance(event, ReconfigDone) and event.role == "left":
             self.tracker.on_done(event.started, event.finished)
         elif isinstance(event, ReconfigFailed) and event.final:
@@ -176,6 +191,14 @@ class LabAgents:
         for pod in list(self.runtime.pods.values()):
             total.update(pod.stats.notifications)
         return total
+
+    def rejections(self) -> dict[str, dict[str, int]]:
+        """Refused inputs by short pod name and reason."""
+        names = {self.lab.pod(s).name: s for s in self.pods}
+        out: dict[str, dict[str, int]] = {}
+        for (ns, reason), n in self.runtime.call(lambda: list(self.rejected.items())):
+            out.setdefault(names.get(ns, ns), {})[reason] = n
+        return out
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per-pod runtime counters keyed by short pod name."""

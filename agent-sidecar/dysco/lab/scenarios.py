@@ -191,17 +191,21 @@ def _dysco(lab: Lab, opts: Options, *, hops: list[str], spare: tuple[str, ...] =
            content_delta: tuple[str, int, int] | None = None,
            must_see: tuple[str, ...] = (), expect_failure: bool = False,
            after_packets: int = RECONFIG_AFTER_PACKETS,
-           reconfigures: bool = True) -> dict[str, Any]:
+           reconfigures: bool = True, config: dict[str, float] | None = None,
+           expect_rejected: bool = False) -> dict[str, Any]:
     """Client -> `hops` -> server with Dysco agents on all of them (and on `spare`
     middleboxes that a reconfiguration brings in). `boxes` turn pods into middleboxes;
     `reconfig` runs once the sessions are open and bytes flow; `must_see` are pods
     whose middlebox must have counted traffic. With `expect_failure` the
     reconfiguration must fail (and the sessions still complete on their old path); with
-    `reconfigures=False` the `reconfig` step is something else (an agent restart)."""
+    `reconfigures=False` the `reconfig` step is something else (an agent restart).
+    `config` overrides the agents' `AgentConfig` fields; with `expect_rejected` refused
+    inputs are the point (a flood) and the caller checks them."""
     boxes = boxes or {}
     running: dict[str, Middlebox] = {}
     opened = 0
-    agents = LabAgents(lab, ["client", "server", *hops, *spare], backend=opts.backend)
+    agents = LabAgents(lab, ["client", "server", *hops, *spare], backend=opts.backend,
+                       config=config)
     if content_delta:
         short, l2r, r2l = content_delta
         agents.react(short, SessionOpened,
@@ -240,6 +244,7 @@ def _dysco(lab: Lab, opts: Options, *, hops: list[str], spare: tuple[str, ...] =
             opened = notes["SessionOpened"]
             result["agents"] = agents.stats()
             result["notifications"] = dict(notes)
+            result["rejected"] = agents.rejections()
         finally:
             counts = {short: box.stop() for short, box in running.items()}
     result["middleboxes"] = counts
@@ -266,7 +271,8 @@ def _dysco(lab: Lab, opts: Options, *, hops: list[str], spare: tuple[str, ...] =
             failures.append("the reconfiguration never completed")
         elif marks.get("at_done", final) >= final:
             failures.append(f"no packets after the reconfiguration: {result['client_packets']}")
-    if (notes["ReconfigFailed"] and not expect_failure) or notes["Rejected"]:
+    if (notes["ReconfigFailed"] and not expect_failure) or (
+            notes["Rejected"] and not expect_rejected):
         failures.append(f"agents reported {notes['ReconfigFailed']} failed reconfigurations "
                         f"and {notes['Rejected']} rejected inputs")
     for short in must_see:
@@ -469,6 +475,58 @@ def _restart(lab: Lab, opts: Options) -> dict[str, Any]:
     return r
 
 
+FLOOD_LIMITS = {"max_half_open": 100, "handshake_timeout": 60.0, "control_rate": 1000.0,
+                "control_burst": 200}
+FLOOD_PORT = 5002  # the server drops it: flood SYNs get no answer (so no RST either)
+
+
+def _flood(ns: str, kind: str, src: str, dst: str, port: int, count: int,
+           rate: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(netns.argv(ns, [
+        sys.executable, "-m", "dysco.lab.flood", kind, "--src", src, "--dst", dst,
+        "--port", str(port), "--count", str(count), "--rate", str(rate)]),
+        stdout=subprocess.PIPE, text=True)
+
+
+def _syn_flood(lab: Lab, opts: Options) -> dict[str, Any]:
+    """While sessions client -> mb1 -> server move bytes, the client pod floods SYNs to
+    a chained port, a hostile pod (mb2, no agent) floods the server with forged SYN lists
+    and the client's agent with unauthenticated control messages. The agents' tables stay
+    within `FLOOD_LIMITS`, refusals are counted by reason, the sessions are untouched."""
+    client, server, mb2 = lab.pod("client"), lab.pod("server"), lab.pod("mb2")
+    ipt = detect_variant().binary()
+    closed = ["INPUT", "-p", "tcp", "--dport", str(FLOOD_PORT), "-j", "DROP"]
+    count, rate = 1000, 500  # per flood; the control flood sends 4x as many, 4x as fast
+
+    def go(agents: LabAgents, boxes: dict[str, Middlebox]) -> dict[str, Any]:
+        agents.set_chain("client", "server", ["mb1"], {opts.port, FLOOD_PORT})
+        floods = [
+            _flood(client.name, "syn", client.ip, server.ip, FLOOD_PORT, count, rate),
+            _flood(mb2.name, "synlist", mb2.ip, server.ip, FLOOD_PORT, count, rate),
+            _flood(mb2.name, "control", mb2.ip, client.ip, 2016, 4 * count, 4 * rate),
+        ]
+        sent = [json.loads(f.communicate(timeout=60)[0] or "{}") for f in floods]
+        return {"floods": sent, "tables": agents.core_stats()}
+    netns.run(server.name, [ipt, "-w", "-I", *closed])
+    try:
+        r = _dysco(lab, opts, hops=["mb1"], boxes={"mb1": _fw}, reconfig=go,
+                   reconfigures=False, config=FLOOD_LIMITS, expect_rejected=True,
+                   must_see=("mb1",))
+    finally:
+        netns.run(server.name, [ipt, "-w", "-D", *closed], check=False)
+    tables = (r.get("order") or {}).get("tables", {})
+    for short, t in tables.items():
+        if t["half_open"] > FLOOD_LIMITS["max_half_open"]:
+            r["failures"].append(f"{short}: {t['half_open']} half-open sessions")
+    rejected = r["rejected"]
+    for short, reason in (("client", "half_open_full"), ("server", "half_open_full"),
+                          ("client", "rate_limited")):
+        if not rejected.get(short, {}).get(reason):
+            r["failures"].append(f"{short} refused nothing for {reason}: {rejected}")
+    r["ok"] = not r["failures"]
+    return r
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s for s in [
         Scenario("plain", "no Dysco: client pod (node 1) <-> server pod (node 2), routed",
@@ -500,6 +558,8 @@ SCENARIOS: dict[str, Scenario] = {
                  "on the old path", _kill_new),
         Scenario("restart", "mb1's agent restarts mid-transfer (snapshot/restore)",
                  _restart),
+        Scenario("syn-flood", "SYN, forged SYN-list and control floods during a transfer: "
+                 "tables stay within limits, sessions untouched", _syn_flood),
     ]
 }
 
