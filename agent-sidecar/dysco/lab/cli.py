@@ -71,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
         print("dysco lab run: give --scenario NAME or --list", file=sys.stderr)
         return 2
     opts = scenarios.Options(bytes=args.bytes, sessions=args.sessions, timeout=args.timeout,
-                             backend=args.backend, rate=args.rate)
+                             backend=args.backend, rate=args.rate, loss=args.loss)
     result = scenarios.run(args.scenario, _lab(args), opts)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -134,6 +134,8 @@ def add_lab_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
                      "(e.g. 32K with --sessions 200; default: as fast as possible)")
     run.add_argument("--backend", choices=sorted(nfq.BACKENDS), default="raw",
                      help="NFQUEUE backend of the Dysco agents")
+    run.add_argument("--loss", type=float, default=0.2,
+                     help="control-loss: share of control datagrams dropped (0..1)")
     run.add_argument("--json", action="store_true", help="print the full result as JSON")
     run.set_defaults(func=_run)
 

@@ -46,6 +46,7 @@ class Options:
     port: int = 5001
     backend: str = "raw"       # NFQUEUE backend of the Dysco agents
     rate: int = 0              # pace each direction of each session (bytes/s, 0: no)
+    loss: float = 0.2          # control-loss: share of control datagrams dropped
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ def _dysco(lab: Lab, opts: Options, *, hops: list[str], spare: tuple[str, ...] =
            must_see: tuple[str, ...] = (), expect_failure: bool = False,
            after_packets: int = RECONFIG_AFTER_PACKETS,
            reconfigures: bool = True, config: dict[str, float] | None = None,
-           expect_rejected: bool = False) -> dict[str, Any]:
+           expect_rejected: bool = False, retries_ok: bool = False) -> dict[str, Any]:
     """Client -> `hops` -> server with Dysco agents on all of them (and on `spare`
     middleboxes that a reconfiguration brings in). `boxes` turn pods into middleboxes;
     `reconfig` runs once the sessions are open and bytes flow; `must_see` are pods
@@ -200,7 +201,8 @@ def _dysco(lab: Lab, opts: Options, *, hops: list[str], spare: tuple[str, ...] =
     reconfiguration must fail (and the sessions still complete on their old path); with
     `reconfigures=False` the `reconfig` step is something else (an agent restart).
     `config` overrides the agents' `AgentConfig` fields; with `expect_rejected` refused
-    inputs are the point (a flood) and the caller checks them."""
+    inputs are the point (a flood) and the caller checks them; with `retries_ok` attempts
+    that were cancelled and retried are no failure (the caller checks the outcome)."""
     boxes = boxes or {}
     running: dict[str, Middlebox] = {}
     opened = 0
@@ -271,7 +273,7 @@ def _dysco(lab: Lab, opts: Options, *, hops: list[str], spare: tuple[str, ...] =
             failures.append("the reconfiguration never completed")
         elif marks.get("at_done", final) >= final:
             failures.append(f"no packets after the reconfiguration: {result['client_packets']}")
-    if (notes["ReconfigFailed"] and not expect_failure) or (
+    if (notes["ReconfigFailed"] and not (expect_failure or retries_ok)) or (
             notes["Rejected"] and not expect_rejected):
         failures.append(f"agents reported {notes['ReconfigFailed']} failed reconfigurations "
                         f"and {notes['Rejected']} rejected inputs")
@@ -475,6 +477,41 @@ def _restart(lab: Lab, opts: Options) -> dict[str, Any]:
     return r
 
 
+def _dropped_by(ns: str, ipt: str, chain: str, marker: str) -> int:
+    """Packets dropped by our rule(s) containing `marker` in `chain` of the filter table."""
+    out = netns.run(ns, [ipt, "-w", "-L", chain, "-v", "-x", "-n"]).stdout
+    return sum(int(line.split()[0]) for line in out.splitlines() if marker in line)
+
+
+def _control_loss(lab: Lab, opts: Options) -> dict[str, Any]:
+    """Replace mb1 -> mb3 while every agent pod drops `opts.loss` of the control
+    datagrams that reach it (iptables statistic in INPUT, as if the network lost them):
+    retransmissions, cancels and retries must finish every session's reconfiguration,
+    or give up cleanly on the old path."""
+    ipt = detect_variant().binary()
+    names = [lab.pod(p).name for p in ("client", "server", "mb1", "mb3")]
+    rule = ["INPUT", "-p", "udp", "--dport", "2016", "-m", "statistic", "--mode",
+            "random", "--probability", str(opts.loss), "-j", "DROP"]
+    for ns in names:
+        netns.run(ns, [ipt, "-w", "-I", *rule])
+    try:
+        r = _dysco(lab, opts, hops=["mb1"], spare=("mb3",), boxes={"mb1": _fw, "mb3": _fw},
+                   reconfig=_order("replace", middlebox="mb1", hops=("mb3",)),
+                   reconfigures=False, retries_ok=True, must_see=("mb1",))
+        r["control_dropped"] = sum(_dropped_by(ns, ipt, "INPUT", "statistic")
+                                   for ns in names)
+    finally:
+        for ns in names:
+            netns.run(ns, [ipt, "-w", "-D", *rule], check=False)
+    answer = r.get("order") or {}
+    if answer.get("done", 0) + answer.get("failed", 0) != opts.sessions:
+        r["failures"].append(f"not every reconfiguration completed or gave up: {answer}")
+    if not r["control_dropped"]:
+        r["failures"].append("no control datagram was dropped")
+    r["ok"] = not r["failures"]
+    return r
+
+
 FLOOD_LIMITS = {"max_half_open": 100, "handshake_timeout": 60.0, "control_rate": 1000.0,
                 "control_burst": 200}
 FLOOD_PORT = 5002  # the server drops it: flood SYNs get no answer (so no RST either)
@@ -558,6 +595,8 @@ SCENARIOS: dict[str, Scenario] = {
                  "on the old path", _kill_new),
         Scenario("restart", "mb1's agent restarts mid-transfer (snapshot/restore)",
                  _restart),
+        Scenario("control-loss", "replace mb1 -> mb3 while --loss of the control "
+                 "datagrams are dropped (default 0.2)", _control_loss),
         Scenario("syn-flood", "SYN, forged SYN-list and control floods during a transfer: "
                  "tables stay within limits, sessions untouched", _syn_flood),
     ]
