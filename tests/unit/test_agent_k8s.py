@@ -214,6 +214,7 @@ def test_agent_step_reports_status_and_serves_read_only_http() -> None:
     dp.session_counts = {("ns/web", 3): 7}
     dp.reconfig_counts = {("ns/web", 3): (5, 1)}
     dp.rejection_counts = {"half_open_full": 12}
+    dp.hop_failure_counts = {"detected": 2}
     server = agent.serve_http("127.0.0.1", 0)
     port = server.server_address[1]
     try:
@@ -227,6 +228,7 @@ def test_agent_step_reports_status_and_serves_read_only_http() -> None:
         assert st["reconfigurations"] == [{"chain": "ns/web", "revision": 3, "done": 5,
                                            "failed": 1}]
         assert st["rejected"] == {"half_open_full": 12}
+        assert st["hopFailures"] == {"detected": 2}
         assert st["conditions"][0]["type"] == "Applied"
         assert st["conditions"][0]["observedGeneration"] == 4
         agent.step()
@@ -240,6 +242,7 @@ def test_agent_step_reports_status_and_serves_read_only_http() -> None:
             in text
         assert "dysco_agent_plan_revision 3.0" in text
         assert 'dysco_agent_rejected_total{reason="half_open_full"} 12.0' in text
+        assert 'dysco_agent_hop_failures_total{how="detected"} 2.0' in text
         req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", method="POST")
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(req, timeout=5)

@@ -14,13 +14,14 @@ from .control import MsgType
 from .datapath import split_two_paths, to_local, to_wire, track_in, track_out
 from .errors import RemoteError
 from .events import Rejected, SessionOpened
+from .failure import HopWatch
 from .packet import ACK, RST, SYN, TcpPacket
 from .policy import Policy, Selector, choose_instance
 from .reconfig import Reconfigurer
 from .state import Path, Phase, Session, Side, Tuple4, reverse
 
 
-class Agent(Reconfigurer):
+class Agent(Reconfigurer, HopWatch):
     """A Dysco agent. Drive it with `packet`, `control`, `timer` and `command`."""
 
     def __init__(self, config: AgentConfig) -> None:
@@ -257,6 +258,8 @@ class Agent(Reconfigurer):
         track_out(side, pkt, syn)
         if s.half_open:
             self._check_established(s)
+        if s.role != "middle" and pkt.seg_len:
+            self._watch_send(side)
         if syn and not flags & ACK and s.syn_payload:
             pkt = pkt.rebuild(payload=s.syn_payload)
         rc = side.rc
@@ -294,9 +297,12 @@ class Agent(Reconfigurer):
         if on_new and side.phase is Phase.WAITING:
             self._enter_two_paths(side)  # first sign that the left anchor switched
         to_local(pkt, side, path)
+        stalled, acked = side.stall_since is not None, side.snd_acked
         track_in(side, pkt, syn)
         if s.half_open:
             self._check_established(s)
+        if stalled and side.snd_acked != acked:
+            self._progress(side)
         rc = side.rc
         if rc is not None and side.phase is Phase.TWO_PATHS and not on_new and pkt.seg_len:
             end = seq.add(pkt.seq, pkt.seg_len)
@@ -343,6 +349,7 @@ class Agent(Reconfigurer):
         MsgType.COMPLETE: lambda a, m, src: a._on_complete(m, src),
         MsgType.COMPLETE_ACK: lambda a, m, src: a._on_complete_ack(m),
         MsgType.TEARDOWN: lambda a, m, src: a._on_teardown(m),
+        MsgType.ABORT: lambda a, m, src: a._on_abort(m, src),
     }
 
     # ================= introspection =================

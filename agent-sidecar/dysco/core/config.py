@@ -43,6 +43,11 @@ class AgentConfig:
     control_rate: float = 20_000.0  # control messages per second and sender...
     control_burst: int = 5_000  # ...with this burst
     control_senders: int = 4_096  # senders with a bucket of their own; the rest share one
+    # Dead hop (docs/protocol.md): an end of a chained session that has sent data and got
+    # no ack at all for this long gives up on the session: RST to its app and ABORT to the
+    # other end, which does the same. 0 disables. Longer than TCP's usual recovery.
+    hop_timeout: float = 15.0
+    abort_copies: int = 3
     # Control-message keys (id -> secret); empty disables authentication (tests only).
     keys: tuple[tuple[int, bytes], ...] = ()
     current_key: int = 0

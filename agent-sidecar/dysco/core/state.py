@@ -113,6 +113,8 @@ class Side:
     rcv_acked: int | None = None
     fin_out: int | None = None
     fin_in: int | None = None
+    stall_since: float | None = None  # data outstanding and no ack since (end hosts)
+    stall_armed: bool = False  # a stall check is pending in the timer heap
 
     @property
     def out_key(self) -> Tuple4:

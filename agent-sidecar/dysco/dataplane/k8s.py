@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 
 from dysco.core import Agent, AgentConfig, Hop, Policy, Selector
 from dysco.core import commands as cmd
-from dysco.core.events import Event, ReconfigDone, ReconfigFailed, Rejected
+from dysco.core.events import Event, HopFailed, ReconfigDone, ReconfigFailed, Rejected
 from dysco.k8s import interface as k8s
 
 from .runtime import Pod, PodSpec, Runtime, ip_to_int
@@ -78,6 +78,7 @@ class NodeDataPlane:
     def __init__(self, backend: str = "raw", limits: Mapping[str, float] | None = None) -> None:
         self._limits = dict(limits or {})
         self._rejected: collections.Counter[str] = collections.Counter()
+        self._hop_failures: collections.Counter[str] = collections.Counter()
         self.keys: tuple[tuple[int, bytes], ...] = ()
         self.current_key = 0
         self.runtime = Runtime(self._agent, backend=backend)
@@ -184,11 +185,17 @@ class NodeDataPlane:
     def rejections(self) -> Mapping[str, int]:
         return self.runtime.call(lambda: dict(self._rejected))
 
+    def hop_failures(self) -> Mapping[str, int]:
+        return self.runtime.call(lambda: dict(self._hop_failures))
+
     def _on_notify(self, pod: Pod, event: Event) -> None:
-        """Count refused inputs by reason, and finished reconfigurations once, at their
-        left anchor."""
+        """Count refused inputs by reason, sessions reset for a dead hop, and finished
+        reconfigurations once, at their left anchor."""
         if isinstance(event, Rejected):
             self._rejected[event.reason] += 1
+            return
+        if isinstance(event, HopFailed):
+            self._hop_failures[event.how] += 1
             return
         if isinstance(event, ReconfigDone) and event.role == "left":
             slot = 0

@@ -59,6 +59,13 @@ class _StatsCollector:
         for reason, n in sorted(self.agent.last_rejections.items()):
             r.add_metric([reason], n)
         yield r
+        h = CounterMetricFamily("dysco_agent_hop_failures",
+                                "Session ends reset because a hop of their path died, by "
+                                "how (detected here, or aborted by the other end).",
+                                labels=["how"])
+        for how, n in sorted(self.agent.last_hop_failures.items()):
+            h.add_metric([how], n)
+        yield h
         g = GaugeMetricFamily("dysco_agent_limit", "Resource limits of each pod's agent.",
                               labels=["name"])
         for name, value in sorted(self.agent.limits.items()):
@@ -100,6 +107,7 @@ class NodeAgent:
         self.last_sessions: Mapping[tuple[str, int], int] = {}
         self.last_reconfigs: Mapping[tuple[str, int], tuple[int, int]] = {}
         self.last_rejections: Mapping[str, int] = {}
+        self.last_hop_failures: Mapping[str, int] = {}
         self.limits = dict(dataplane.limits())
         self._last_status: dict[str, Any] | None = None
         self._last_status_time = 0.0
@@ -216,6 +224,7 @@ class NodeAgent:
         self.last_sessions = dict(self.dataplane.sessions())
         self.last_reconfigs = dict(self.dataplane.reconfigurations())
         self.last_rejections = dict(self.dataplane.rejections())
+        self.last_hop_failures = dict(self.dataplane.hop_failures())
         if plan is not None and revision is not None:
             self._report(plan, revision)
 
@@ -239,6 +248,7 @@ class NodeAgent:
                                  for (c, r), (d, f) in sorted(self.last_reconfigs.items())],
             "failures": [{"pod": k, "message": v} for k, v in sorted(failures.items())],
             "rejected": dict(sorted(self.last_rejections.items())),
+            "hopFailures": dict(sorted(self.last_hop_failures.items())),
             "conditions": [{
                 "type": "Applied", "status": status, "reason": reason, "message": msg,
                 "observedGeneration": int(plan.get("metadata", {}).get("generation") or 0),

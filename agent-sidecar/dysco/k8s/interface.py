@@ -72,6 +72,8 @@ class DataPlane(Protocol):
     - ``reconfigurations``: cumulative (done, failed) by (chain, target revision).
     - ``rejections``: cumulative inputs refused, by reason (a limit reached, malformed or
       unauthenticated input); ``limits``: the resource limits in force, by name.
+    - ``hop_failures``: cumulative session ends reset because a hop of their path died,
+      by how the end learnt it ("detected": no acks; "aborted": told by the other end).
     """
 
     def attach_pod(self, pod_key: str, netns_path: str, ip: str) -> None: ...
@@ -85,6 +87,7 @@ class DataPlane(Protocol):
     def reconfigurations(self) -> Mapping[tuple[str, int], tuple[int, int]]: ...
     def rejections(self) -> Mapping[str, int]: ...
     def limits(self) -> Mapping[str, float]: ...
+    def hop_failures(self) -> Mapping[str, int]: ...
 
 
 class RecordingDataPlane:
@@ -99,6 +102,7 @@ class RecordingDataPlane:
         self.session_counts: dict[tuple[str, int], int] = {}
         self.reconfig_counts: dict[tuple[str, int], tuple[int, int]] = {}
         self.rejection_counts: dict[str, int] = {}
+        self.hop_failure_counts: dict[str, int] = {}
         self.fail_attach: set[str] = set()
         self.keys: tuple[dict[int, bytes], int] | None = None
 
@@ -144,3 +148,6 @@ class RecordingDataPlane:
 
     def limits(self) -> Mapping[str, float]:
         return {}
+
+    def hop_failures(self) -> Mapping[str, int]:
+        return dict(self.hop_failure_counts)

@@ -117,7 +117,9 @@ def transfer(lab: Lab, client: str, server: str, opts: Options, *,
     for ns, d in deltas.items():
         failures += [f"{ns}: {k} +{v}" for k, v in d.items() if k in _RESET_COUNTERS]
     moved = 2 * opts.bytes * opts.sessions
+    errors = [r["error"] for r in client_doc["sessions"] + server_doc["sessions"]]
     return {"ok": not failures, "failures": failures, "client": client, "server": server,
+            "errors": errors,
             "bytes": opts.bytes, "sessions": opts.sessions, "seconds": round(seconds, 3),
             "goodput_mbps": round(moved * 8 / seconds / 1e6, 1),
             "connect_ms": client_doc.get("connect_ms", []),
@@ -512,6 +514,48 @@ def _control_loss(lab: Lab, opts: Options) -> dict[str, Any]:
     return r
 
 
+DEAD_HOP_TIMEOUT = 3.0  # the lab agents' hop_timeout in the dead-middlebox scenario
+
+
+def _dead_middlebox(lab: Lab, opts: Options) -> dict[str, Any]:
+    """mb1 dies mid-transfer (its node drops everything to and from it): both ends'
+    agents see no acks for `DEAD_HOP_TIMEOUT` s and reset the sessions at both ends
+    (RST to the apps, ABORT to the other end), long before the sockets would time out."""
+    pod = lab.pod("mb1")
+    node = lab.node_ns(pod.node)
+    ipt = detect_variant().binary()
+    kill = [["FORWARD", "-d", pod.ip, "-j", "DROP"], ["FORWARD", "-s", pod.ip, "-j", "DROP"]]
+
+    def go(agents: LabAgents, boxes: dict[str, Middlebox]) -> dict[str, Any]:
+        for rule in kill:
+            netns.run(node, [ipt, "-w", "-I", *rule])
+        return {"killed_at": time.monotonic()}
+    start = time.monotonic()
+    try:
+        r = _dysco(lab, opts, hops=["mb1"], boxes={"mb1": _fw}, reconfig=go,
+                   reconfigures=False, config={"hop_timeout": DEAD_HOP_TIMEOUT})
+    finally:
+        for rule in kill:
+            while netns.run(node, [ipt, "-w", "-D", *rule], check=False).returncode == 0:
+                pass
+    # resets are the point here: judge by what each end saw, not by the usual checks
+    failures = [f for f in r["failures"] if f.startswith("middlebox") or "opened" in f]
+    if "at_start" not in (r.get("client_packets") or {}):
+        failures.append("the transfer ended before mb1 was killed")
+    if r["errors"] != ["ECONNRESET"] * (2 * opts.sessions):
+        failures.append(f"not every end was reset: {r['errors']}")
+    failed = r["notifications"].get("HopFailed", 0)
+    if failed != 2 * opts.sessions:
+        failures.append(f"{failed} session ends reported a dead hop, not {2 * opts.sessions}")
+    killed = (r.get("order") or {}).get("killed_at", start)
+    r["reset_after_s"] = round(start + r["seconds"] - killed, 3)
+    if r["reset_after_s"] > DEAD_HOP_TIMEOUT + 5:
+        failures.append(f"the ends were reset {r['reset_after_s']} s after the kill")
+    r["failures"] = failures
+    r["ok"] = not failures
+    return r
+
+
 FLOOD_LIMITS = {"max_half_open": 100, "handshake_timeout": 60.0, "control_rate": 1000.0,
                 "control_burst": 200}
 FLOOD_PORT = 5002  # the server drops it: flood SYNs get no answer (so no RST either)
@@ -595,6 +639,8 @@ SCENARIOS: dict[str, Scenario] = {
                  "on the old path", _kill_new),
         Scenario("restart", "mb1's agent restarts mid-transfer (snapshot/restore)",
                  _restart),
+        Scenario("dead-middlebox", "mb1 dies mid-transfer: both ends detect it and reset "
+                 "the sessions (hop_timeout 3 s)", _dead_middlebox),
         Scenario("control-loss", "replace mb1 -> mb3 while --loss of the control "
                  "datagrams are dropped (default 0.2)", _control_loss),
         Scenario("syn-flood", "SYN, forged SYN-list and control floods during a transfer: "
