@@ -144,6 +144,10 @@ def _bench(args: argparse.Namespace) -> int:
     lab = _lab(args)
     lab.up()
     load = Path("/proc/loadavg").read_text().split()[:3]
+    if args.load:
+        result = bench.load(lab, args.load, args.load_reconfigure, args.backends[0])
+        print(json.dumps({**result, "load_before": load}))
+        return 0 if result["ok"] else 1
     rows = [bench.measure(lab, "plain routing", seconds=args.seconds, count=args.count)]
     reconfigs: list[dict[str, object]] = []
     if not args.plain_only:
@@ -188,6 +192,10 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
                    help="write goodput and latency bars here")
     p.add_argument("--reconfig-sessions", type=int, nargs="*", default=[1, 1000],
                    help="idle sessions replaced mb1 -> mb3 by one order (timed)")
+    p.add_argument("--load", type=int, default=0, metavar="N",
+                   help="instead: hold N idle sessions at once through the agents, report "
+                   "memory per session, replace --load-reconfigure of them by one order")
+    p.add_argument("--load-reconfigure", type=int, default=1000, metavar="M")
     p.set_defaults(func=_bench)
 
 
