@@ -90,3 +90,29 @@ def test_one_end_idle_learns_it_from_the_abort() -> None:
     world.engine.run(25)
     assert sorted(e.how for e in events if isinstance(e, HopFailed)) == ["aborted", "detected"]
     assert not hosts["A"].agent.sessions and not hosts["D"].agent.sessions
+
+
+def test_a_closing_end_is_not_watched() -> None:
+    """Once its app has sent FIN, an end leaves the rest to TCP (a storm of closes can
+    delay FIN acks past the timeout without any hop being dead)."""
+    world = World(3, LinkModel())
+    hosts = {n: world.host(n, a) for n, a in (("A", A), ("D", D), ("M1", M1))}
+    Forwarder(world, hosts["M1"])
+    hosts["A"].command(cmd.SetPolicies((Policy("p", frozenset({D}), (Hop("h", (M1,)),)),)))
+    Endpoint(world, hosts["D"], b"s" * 1000, b"c" * 1000, 500, 0.001)
+    Endpoint(world, hosts["A"], b"c" * 1000, b"s" * 1000, 500, 0.001,
+             connect_to=(A, D, 33000, 80))
+    events: list[Event] = []
+    world.listeners.append(events.append)
+    ends = (hosts["A"].agent, hosts["D"].agent)
+
+    def fins_out() -> bool:
+        sides = [d for a in ends for s in a.sessions.values() for d in s.sides]
+        return len(sides) == 2 and all(d.fin_out is not None for d in sides)
+    step = 0.0
+    while not fins_out():
+        step += 0.0002
+        assert step < 1 and not world.engine.run(step), "the apps never closed"
+    hosts["M1"].down = True  # dies before the FINs are acked
+    world.engine.run(world.engine.now + 30)
+    assert not [e for e in events if isinstance(e, HopFailed)]
