@@ -24,7 +24,7 @@ from dysco.middleboxes import proxy
 CHAIN = "default/web"
 PORT = 5001
 # Paced sessions: long enough for the reconfigurations ordered while they run.
-PACED = scenarios.Options(bytes=6 << 20, sessions=2, timeout=15, rate=1 << 20)
+PACED = scenarios.Options(bytes=8 << 20, sessions=2, timeout=15, rate=1 << 20)
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def apply(dp: NodeDataPlane, lab: Lab, c: k8s.Chain) -> None:
     dp.set_policies(key("client"), [k8s.Policy(c, ((lab.pod("server").ip, (PORT,)),))])
 
 
-def wait(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+def wait(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:

@@ -179,7 +179,10 @@ class NodeDataPlane:
         these many bytes to every session it carries, per direction: each session it
         opens gets a `SetContentDelta`, so it can be spliced out (or replaced) live."""
         spec = self.pods[pod_key]
-        self.content_deltas[spec.ns] = (left_to_right, right_to_left)
+        if left_to_right or right_to_left:
+            self.content_deltas[spec.ns] = (left_to_right, right_to_left)
+        else:
+            self.content_deltas.pop(spec.ns, None)
 
     def set_chains(self, chains: Sequence[k8s.Chain]) -> None:
         """Middlebox side of live chain updates: edits anchored at a hop of this node."""
