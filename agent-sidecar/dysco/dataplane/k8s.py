@@ -45,6 +45,7 @@ from .runtime import Pod, PodSpec, Runtime, int_to_ip, ip_to_int
 log = logging.getLogger(__name__)
 Key = tuple[str, int]
 SWEEP_INTERVAL = 1.0  # seconds between checks whether a detached pod's sessions ended
+RESET_BATCH = 64  # sessions per `ss -K` call
 
 
 def core_policies(policies: Sequence[k8s.Policy]) -> tuple[Policy, ...]:
@@ -100,6 +101,7 @@ def session_selector(t: Tuple4, policy: str = "") -> Selector:
 
 
 def _open(s: Session) -> bool:
+    """Not ended (a closed session lingers a while in the core's tables)."""
     return not s.torn and s.closing_at is None and s.right is not None
 
 
@@ -334,8 +336,8 @@ class NodeDataPlane:
         if chain.on_delete == "close":
             tuples = self.runtime.call(
                 lambda: [s.tuple4() for s in self._sessions(spec.ns, "left", chain.name)])
-            for t in tuples:
-                _reset(spec.ns, t)
+            for i in range(0, len(tuples), RESET_BATCH):
+                _reset(spec.ns, tuples[i:i + RESET_BATCH])
         else:
             self.runtime.call(lambda: self._bypass(spec.ns, chain.name))
 
@@ -374,7 +376,7 @@ class NodeDataPlane:
             for pod in self.runtime.pods.values():
                 if isinstance(pod.processor, Agent):
                     for s in pod.processor.sessions.values():
-                        if s.policy and s.role == "left":
+                        if s.policy and s.role == "left" and _open(s):
                             out[(s.policy, s.revision)] += 1
             return dict(out)
         return self.runtime.call(count)
@@ -417,14 +419,17 @@ class NodeDataPlane:
             session.revision = revision
 
 
-def _reset(ns: str, t: Tuple4) -> None:
-    """Abort the local socket of session `t` in pod `ns` (SOCK_DESTROY): the app gets an
-    error and the kernel's RST, rewritten by the pod's agent, resets the other end."""
-    src, dst = f"{int_to_ip(t[0])}:{t[2]}", f"{int_to_ip(t[1])}:{t[3]}"
+def _reset(ns: str, sessions: Sequence[Tuple4]) -> None:
+    """Abort the local sockets of `sessions` in pod `ns` (SOCK_DESTROY): the apps get an
+    error and the kernel's RSTs, rewritten by the pod's agent, reset the other ends."""
+    expr: list[str] = []
+    for t in sessions:
+        expr += [*(["or"] if expr else []), "(", "src", f"{int_to_ip(t[0])}:{t[2]}",
+                 "and", "dst", f"{int_to_ip(t[1])}:{t[3]}", ")"]
     try:
-        netns.run(ns, ["ss", "-K", "-t", "-n", "src", src, "dst", dst])
+        netns.run(ns, ["ss", "-K", "-t", "-n", *expr])
     except (OSError, subprocess.CalledProcessError) as exc:
-        log.warning("%s: could not reset %s -> %s: %s", ns, src, dst, exc)
+        log.warning("%s: could not reset %d sessions: %s", ns, len(sessions), exc)
 
 
 def create_dataplane() -> NodeDataPlane:

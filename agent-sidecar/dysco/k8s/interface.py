@@ -56,7 +56,8 @@ class DataPlane(Protocol):
       as ``/proc/<pid>/ns/net`` that can be passed to setns(2) or bind-mounted); ``ip`` is
       the pod's IPv4 address, i.e. the Dysco host address.
     - ``detach_pod``: stop intercepting; live sessions of the pod follow its chains'
-      ``on_delete``.
+      ``on_delete`` (the data plane may keep intercepting until they have ended, so
+      that none is cut).
     - ``set_chains``: every chain with a participant on this node (middleboxes use it to
       pick a replacement instance when they are drained).
     - ``set_policies``: the complete policy list of a source pod. A policy whose chain
