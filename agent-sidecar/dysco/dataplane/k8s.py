@@ -35,7 +35,13 @@ from dataclasses import dataclass
 
 from dysco.core import Agent, AgentConfig, Hop, Policy, Selector
 from dysco.core import commands as cmd
-from dysco.core.events import Event, ReconfigDone, ReconfigFailed, SessionOpened
+from dysco.core.events import (
+    Event,
+    ReconfigDone,
+    ReconfigFailed,
+    SessionClosed,
+    SessionOpened,
+)
 from dysco.core.state import Session, Tuple4
 from dysco.k8s import interface as k8s
 
@@ -118,7 +124,8 @@ class NodeDataPlane:
         self.chains: dict[str, k8s.Chain] = {}
         self.draining: dict[str, float] = {}
         self.content_deltas: dict[str, tuple[int, int]] = {}  # pod ns -> (l2r, r2l)
-        self.leaving: dict[str, PodSpec] = {}  # detached pods whose sessions still run
+        # detached pods whose sessions still run (changed in the loop thread only)
+        self.leaving: dict[str, PodSpec] = {}
         self._reconfigs: dict[Key, list[int]] = collections.defaultdict(lambda: [0, 0])
         # Loop-thread state: the (chain, revision) a reconfiguration we ordered moves a
         # session to (revision None: off the chain), by (pod ns, session tuple) ...
@@ -153,7 +160,7 @@ class NodeDataPlane:
         """New keys for pods attached later, and a `SetKeys` for those attached now."""
         self.keys = tuple(sorted(keys.items()))
         self.current_key = current
-        for spec in (*self.pods.values(), *self.leaving.values()):
+        for spec in (*self.pods.values(), *list(self.leaving.values())):
             self.runtime.submit(spec.ns, cmd.SetKeys(self.keys, current))
 
     def attach_pod(self, pod_key: str, netns_path: str, ip: str) -> None:
@@ -161,8 +168,11 @@ class NodeDataPlane:
         if self.pods.get(pod_key) == spec:
             return
         self.detach_pod(pod_key)
-        self.leaving.pop(spec.ns, None)  # back in the plan before its sessions ended
-        self.runtime.call(lambda: self.runtime.add_pod(spec))
+
+        def add() -> None:
+            self.leaving.pop(spec.ns, None)  # back in the plan before its sessions ended
+            self.runtime.add_pod(spec)
+        self.runtime.call(add)
         self.pods[pod_key] = spec
 
     def detach_pod(self, pod_key: str) -> None:
@@ -173,8 +183,11 @@ class NodeDataPlane:
             return
         for policy in self.policies.pop(pod_key, ()):
             self._on_delete(spec, policy.chain)
-        self.leaving[spec.ns] = spec
-        self.runtime.call(self._sweep)
+
+        def leave() -> None:
+            self.leaving[spec.ns] = spec
+            self._sweep()
+        self.runtime.call(leave)
 
     def set_content_delta(self, pod_key: str, left_to_right: int, right_to_left: int) -> None:
         """Pod `pod_key` is a TCP-terminating proxy that adds (or removes, if negative)
@@ -329,7 +342,10 @@ class NodeDataPlane:
     def _sweep_loop(self) -> None:
         while not self._stop.wait(SWEEP_INTERVAL):
             if self.leaving:
-                self.runtime.call(self._sweep)
+                try:
+                    self.runtime.call(self._sweep)
+                except Exception:  # keep sweeping: a pod that cannot go is retried
+                    log.exception("detaching leaving pods failed")
 
     def _on_delete(self, spec: PodSpec, chain: k8s.Chain) -> None:
         """A source pod's policy for `chain` is gone: bypass or close its sessions."""
@@ -395,6 +411,9 @@ class NodeDataPlane:
             if delta is not None:
                 self.runtime.execute_command(pod, cmd.SetContentDelta(
                     session_selector(event.session), *delta))
+            return
+        if isinstance(event, SessionClosed):  # ended before its reconfiguration did
+            self._moves.pop((pod.spec.ns, event.session), None)
             return
         if isinstance(event, ReconfigDone) and event.role == "left":
             slot = 0
