@@ -124,7 +124,8 @@ def test_policies_sessions_and_rollout(lab: Lab, dp: NodeDataPlane) -> None:
 
 def test_live_revisions_append_remove_insert(lab: Lab, dp: NodeDataPlane) -> None:
     """fw -> fw,ids (appended after mb1) -> ids (fw removed: mb1 leaves) -> fw,ids
-    (inserted in front, by the source); the sessions' revision follows."""
+    (inserted in front, by the source) -> fw (ids removed, its left neighbour mb2
+    anchors); the sessions' revision follows."""
     attach(dp, lab, "client", "server", "mb1", "mb2", "mb3")
     apply(dp, lab, chain(lab, 1, ("fw", ("mb1",))))
     seen: dict[str, Any] = {}
@@ -140,16 +141,22 @@ def test_live_revisions_append_remove_insert(lab: Lab, dp: NodeDataPlane) -> Non
         apply(dp, lab, chain(lab, 4, ("fw", ("mb2",)), ("ids", ("mb3",))))
         assert wait(lambda: done(dp, 4)[0] == 2), dp.reconfigurations()
         seen[4] = dict(dp.sessions()), packets(dp, lab, "mb2")
+        apply(dp, lab, chain(lab, 5, ("fw", ("mb2",))))
+        assert wait(lambda: done(dp, 5)[0] == 2), dp.reconfigurations()
+        seen[5] = dict(dp.sessions()), packets(dp, lab, "mb3")
 
-    result = scenarios.transfer(lab, "client", "server", PACED, during=update)
+    result = scenarios.transfer(lab, "client", "server", replace(PACED, bytes=12 << 20),
+                                during=update)
     assert result["ok"], result["failures"]
     assert seen[2][0] == {(CHAIN, 2): 2}
     assert seen[3][0] == {(CHAIN, 3): 2}
     assert seen[4][0] == {(CHAIN, 4): 2}
-    assert {r: done(dp, r) for r in (2, 3, 4)} == {2: (2, 0), 3: (2, 0), 4: (2, 0)}
+    assert seen[5][0] == {(CHAIN, 5): 2}
+    assert {r: done(dp, r) for r in (2, 3, 4, 5)} == {r: (2, 0) for r in (2, 3, 4, 5)}
     assert packets(dp, lab, "mb3") > seen[2][1] > 0    # ids joined at revision 2
     assert packets(dp, lab, "mb1") - seen[3][1] < 50   # fw@mb1 left at revision 3
     assert packets(dp, lab, "mb2") > seen[4][1] > 0    # fw@mb2 joined at revision 4
+    assert packets(dp, lab, "mb3") - seen[5][1] < 50   # ids@mb3 left at revision 5
 
 
 def test_new_sessions_only_keeps_old_paths(lab: Lab, dp: NodeDataPlane) -> None:

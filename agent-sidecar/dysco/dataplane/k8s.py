@@ -303,8 +303,13 @@ class NodeDataPlane:
                     continue
                 self._moves[(ns, t)] = (chain, revision)
                 self.runtime.execute_command(pod, cmd.InsertRight(session_selector(t), hops))
-            else:
-                self.runtime.execute_command(pod, cmd.ReplaceSelf(session_selector(t), hops))
+                continue
+            # our left neighbour anchors the replacement: we count it if it is ours too
+            assert s.left is not None
+            left = self._local([int_to_ip(s.left.path.peer)])
+            if left:
+                self._moves[(left[0].ns, t)] = (chain, revision)
+            self.runtime.execute_command(pod, cmd.ReplaceSelf(session_selector(t), hops))
 
     def _bypass(self, ns: str, chain: str) -> None:
         """Move a source pod's sessions of `chain` onto a direct path; they leave the
