@@ -59,7 +59,8 @@ class DataPlane(Protocol):
       ``on_delete`` (the data plane may keep intercepting until they have ended, so
       that none is cut).
     - ``set_chains``: every chain with a participant on this node (middleboxes use it to
-      pick a replacement instance when they are drained).
+      pick a replacement instance when they are drained, and to make the edits anchored
+      at them when a ``live`` chain's revision grows).
     - ``set_policies``: the complete policy list of a source pod. A policy whose chain
       revision grew reconfigures live sessions when ``update_policy == "live"``; a policy
       that disappeared is handled according to its last ``on_delete``.
