@@ -24,13 +24,14 @@ Live sessions follow their chain (docs/dataplane.md, "Kubernetes"):
 from __future__ import annotations
 
 import collections
+import dataclasses
 import difflib
 import functools
 import logging
 import os
 import subprocess
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from dysco.core import Agent, AgentConfig, Hop, Policy, Selector
@@ -133,6 +134,8 @@ class NodeDataPlane:
         # ... and the revision a source pod's sessions of a chain reach when they finish
         # a reconfiguration another agent anchored (a middlebox removing itself).
         self._targets: dict[tuple[str, str], int] = {}
+        # ... and edits waiting for middlebox sessions being set up.
+        self._waiting: list[Callable[[], None]] = []
         self._thread = threading.Thread(target=self.runtime.run, name="dysco-dataplane",
                                         daemon=True)
         self._thread.start()
@@ -287,13 +290,25 @@ class NodeDataPlane:
                 self.runtime.execute_command(pod, cmd.InsertRight(
                     session_selector(t, after.name), hops))
 
-    def _edit_middlebox(self, ns: str, edit: Edit, chain: str, revision: int) -> None:
+    def _edit_middlebox(self, ns: str, edit: Edit, chain: str, revision: int,
+                        only: frozenset[int] | None = None) -> None:
         """Carry out `edit` for every session of middlebox pod `ns` (a middlebox does not
-        know its sessions' chains: like a drain, it acts for all of them)."""
+        know its sessions' chains: like a drain, it acts for all of them).
+
+        Sessions still being set up (the middlebox app has not sent their SYN on) get
+        the edit once they are, on a later sweep (`only`: their ids)."""
         pod = self.runtime.pods.get(ns)
-        if pod is None:
+        if pod is None or not isinstance(pod.processor, Agent):
             return
-        for n, s in enumerate(self._sessions(ns, "middle")):
+        setting_up = frozenset(
+            s.sid for s in pod.processor.sessions.values()
+            if s.role == "middle" and s.right is None and not s.torn and s.closing_at is None
+            and (only is None or s.sid in only))
+        if setting_up:  # (until they are set up or time out idle)
+            self._waiting.append(functools.partial(
+                self._edit_middlebox, ns, edit, chain, revision, setting_up))
+        sessions = [s for s in self._sessions(ns, "middle") if only is None or s.sid in only]
+        for n, s in enumerate(sessions):
             hops = self._instances(edit.hops, n)
             if hops is None:
                 continue
@@ -329,7 +344,11 @@ class NodeDataPlane:
                 session_selector(t, chain), (), right_anchor=t[1]))
 
     def _sweep(self) -> None:
-        """Detach the leaving pods whose sessions ended or whose namespace is gone."""
+        """Retry edits for sessions that were being set up; detach the leaving pods whose
+        sessions ended or whose namespace is gone."""
+        waiting, self._waiting = self._waiting, []
+        for retry in waiting:
+            retry()
         for ns, spec in list(self.leaving.items()):
             gone = not netns.exists(spec.ns)
             pod = self.runtime.pods.get(ns)
@@ -346,11 +365,11 @@ class NodeDataPlane:
 
     def _sweep_loop(self) -> None:
         while not self._stop.wait(SWEEP_INTERVAL):
-            if self.leaving:
+            if self.leaving or self._waiting:
                 try:
                     self.runtime.call(self._sweep)
-                except Exception:  # keep sweeping: a pod that cannot go is retried
-                    log.exception("detaching leaving pods failed")
+                except Exception:  # keep sweeping: what failed is retried
+                    log.exception("sweep failed")
 
     def _on_delete(self, spec: PodSpec, chain: k8s.Chain) -> None:
         """A source pod's policy for `chain` is gone: bypass or close its sessions."""
@@ -367,8 +386,8 @@ class NodeDataPlane:
         (or to leave, if its hop is optional and has no other instance).
 
         A middlebox's sessions do not know their chain (the SYN list does not carry it),
-        so one replacement serves them all: the first other instance of the first hop
-        that lists `ip`."""
+        so the first hop that lists `ip` serves them all: they are spread over its other
+        instances (`_edit_middlebox`, as for a hop replaced in a chain update)."""
         first = ip not in self.draining
         self.draining[ip] = deadline
         if not first:
@@ -381,10 +400,12 @@ class NodeDataPlane:
             for hop in chain.hops:
                 if ip not in hop.instances:
                     continue
-                others = [i for i in hop.instances if i != ip and i not in self.draining]
+                others = tuple(i for i in hop.instances if i != ip and i not in self.draining)
                 if others or hop.optional:
-                    hops = (ip_to_int(others[0]),) if others else ()
-                    self.runtime.submit(spec.ns, cmd.ReplaceSelf(Selector(), hops))
+                    rest = (dataclasses.replace(hop, instances=others),) if others else ()
+                    self.runtime.call(functools.partial(
+                        self._edit_middlebox, spec.ns, Edit(hop.name, "replace", rest),
+                        chain.name, chain.revision))
                     return
         log.warning("drain of %s: no hop with another instance; sessions stay", ip)
 
