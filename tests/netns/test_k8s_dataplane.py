@@ -79,6 +79,14 @@ def ns(lab: Lab, short: str) -> str:
     return f"/run/netns/{lab.pod(short).name}"
 
 
+def under_way(dp: NodeDataPlane, lab: Lab) -> None:
+    """Both sessions open and moving bytes, as the lab scenarios wait before their
+    reconfigurations (RECONFIG_AFTER_PACKETS)."""
+    assert wait(lambda: sum(dp.sessions().values()) == 2)
+    assert wait(lambda: packets(dp, lab, "client") >= scenarios.RECONFIG_AFTER_PACKETS)
+    assert dp.sessions() == {(CHAIN, 1): 2}
+
+
 def attached(dp: NodeDataPlane) -> list[str]:
     return dp.runtime.call(lambda: sorted(dp.runtime.pods))
 
@@ -98,7 +106,7 @@ def test_policies_sessions_and_rollout(lab: Lab, dp: NodeDataPlane) -> None:
     seen: dict[str, Any] = {}
 
     def rollout() -> None:
-        assert wait(lambda: sum(dp.sessions().values()) == 2)
+        under_way(dp, lab)
         seen["sessions"] = dict(dp.sessions())
         attach(dp, lab, "mb4")
         dp.set_chains([chain(lab, 1, ("fw", ("mb1", "mb3")))])
@@ -131,7 +139,7 @@ def test_live_revisions_append_remove_insert(lab: Lab, dp: NodeDataPlane) -> Non
     seen: dict[str, Any] = {}
 
     def update() -> None:
-        assert wait(lambda: dp.sessions() == {(CHAIN, 1): 2})
+        under_way(dp, lab)
         apply(dp, lab, chain(lab, 2, ("fw", ("mb1",)), ("ids", ("mb3",))))
         assert wait(lambda: done(dp, 2)[0] == 2), dp.reconfigurations()
         seen[2] = dict(dp.sessions()), packets(dp, lab, "mb3")
@@ -165,7 +173,7 @@ def test_new_sessions_only_keeps_old_paths(lab: Lab, dp: NodeDataPlane) -> None:
     seen: dict[str, Any] = {}
 
     def update() -> None:
-        assert wait(lambda: dp.sessions() == {(CHAIN, 1): 2})
+        under_way(dp, lab)
         apply(dp, lab, chain(lab, 2, ("ids", ("mb3",)), update_policy="newSessionsOnly"))
         time.sleep(1.0)
         seen["sessions"] = dict(dp.sessions())
@@ -198,11 +206,11 @@ def test_chain_deleted_bypass(lab: Lab, dp: NodeDataPlane) -> None:
     seen: dict[str, Any] = {}
 
     def delete() -> None:
-        assert wait(lambda: dp.sessions() == {(CHAIN, 1): 2})
+        under_way(dp, lab)
+        seen["mb1"] = packets(dp, lab, "mb1")  # it may leave soon after the bypass
         delete_chain(dp)
         assert wait(lambda: done(dp, 1)[0] == 2), dp.reconfigurations()
         seen["sessions"] = dict(dp.sessions())
-        seen["mb1"] = packets(dp, lab, "mb1")
         # mb1 leaves once its sessions are torn down, the ends stay until they end
         seen["mb1_left"] = wait(lambda: ns(lab, "mb1") not in attached(dp), 5)
         seen["attached"] = attached(dp)
@@ -225,7 +233,7 @@ def test_chain_deleted_close(lab: Lab, dp: NodeDataPlane) -> None:
     seen: dict[str, float] = {}
 
     def delete() -> None:
-        assert wait(lambda: dp.sessions() == {(CHAIN, 1): 2})
+        under_way(dp, lab)
         seen["at"] = time.monotonic()
         delete_chain(dp)
 
@@ -253,7 +261,7 @@ def test_proxy_hop_replaced(lab: Lab, dp: NodeDataPlane) -> None:
         apply(dp, lab, chain(lab, 1, ("proxy", ("mb1",))))
 
         def update() -> None:
-            assert wait(lambda: dp.sessions() == {(CHAIN, 1): 2})
+            under_way(dp, lab)
             apply(dp, lab, chain(lab, 2, ("fw", ("mb3",))))
             assert wait(lambda: done(dp, 2)[0] == 2), dp.reconfigurations()
 
