@@ -9,11 +9,9 @@ backend). `reconfiguration` times `dysco chain replace` orders for N idle sessio
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from dysco.dataplane import netns
@@ -96,28 +94,16 @@ def measure_dysco(lab: Lab, hops: list[str], backend: str, *, seconds: float = 5
         for hop in hops:
             netns.sysctl(lab.pod(hop).name, {"net.ipv4.ip_forward": "1"})
         agents.set_chain("client", "server", hops, {IPERF_PORT, ECHO_PORT})
-        cpu0 = _cpu_s()
+        cpu0 = agents.usage()["cpu_s"]
         row = measure(lab, label, seconds=seconds, count=count)
-        cpu = _cpu_s() - cpu0
+        cpu = agents.usage()["cpu_s"] - cpu0
         notes = agents.notifications()
     row |= {"hops": len(hops), "backend": backend, "sessions_opened": notes["SessionOpened"]}
-    # the agents run in this process (one thread): its CPU time over the bytes moved
+    # the agent processes (one per node): their CPU time over the bytes moved
     moved_gb = (row["fwd_gbps"] + row["rev_gbps"]) * seconds / 8
     row["agent_cpu_s"] = round(cpu, 2)
     row["agent_cpu_s_per_gb"] = round(cpu / moved_gb, 2) if moved_gb else None
     return row
-
-
-def _cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def reconfiguration(lab: Lab, sessions: int, backend: str = "raw",
@@ -125,7 +111,7 @@ def reconfiguration(lab: Lab, sessions: int, backend: str = "raw",
     """Open `sessions` idle sessions client -> mb1 -> server, then order all of them
     replaced mb1 -> mb3 (`dysco chain replace`) and time order -> completion; check
     every session still echoes afterwards. Also the agents' CPU and memory per session
-    (this process's RSS growth while the sessions open)."""
+    (the agent processes' RSS growth while the sessions open)."""
 
 
     client, server = lab.pod("client"), lab.pod("server")
@@ -142,7 +128,7 @@ def reconfiguration(lab: Lab, sessions: int, backend: str = "raw",
             assert echo.stdout is not None
             if echo.stdout.readline().strip() != "READY":
                 raise RuntimeError("echo server did not start")
-            rss0, cpu0 = _rss_kib(), _cpu_s()
+            usage0 = agents.usage()
             hold = subprocess.Popen(netns.argv(client.name, [
                 sys.executable, "-m", "dysco.lab.pingpong", "hold", "--host", server.ip,
                 "--port", str(ECHO_PORT), "--count", str(sessions)]),
@@ -152,8 +138,9 @@ def reconfiguration(lab: Lab, sessions: int, backend: str = "raw",
             out["open_s"] = opened["seconds"]
             out["setup_per_s"] = round(sessions / opened["seconds"], 1)
             out["agent_cpu_us_per_session_setup"] = round(
-                (_cpu_s() - cpu0) / sessions * 1e6, 1)
-            out["agent_rss_kib_per_session"] = round((_rss_kib() - rss0) / sessions, 2)
+                (agents.usage()["cpu_s"] - usage0["cpu_s"]) / sessions * 1e6, 1)
+            out["agent_rss_kib_per_session"] = round(
+                (agents.usage()["rss_kib"] - usage0["rss_kib"]) / sessions, 2)
             answer = agents.order(Order(op="replace", middlebox="mb1", hops=("mb3",),
                                         wait=60.0))
             out["order"] = answer
