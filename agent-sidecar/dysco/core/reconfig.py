@@ -609,10 +609,14 @@ class Reconfigurer(AgentBase):
     def _removal_tick(self, s: Session, now: float) -> None:
         if s.sid not in self.sessions or s.torn or s.removal is None:
             return
-        s.removal_tries += 1
-        if s.removal_tries > self.config.removal_attempts:
-            return
-        self._send_right_request(s)
+        if s.right is None or s.right.lock is Lock.UNLOCKED:
+            s.removal_tries += 1
+            if s.removal_tries > self.config.removal_attempts:
+                return
+            self._send_right_request(s)
+        # else a reconfiguration holds the lock through us (our left neighbour acts on
+        # the request): repeating it would only load agents that are busy with it
+        # (1,000 sessions: thousands of datagrams); ticks resume if it is cancelled.
         self._at(now + self.config.removal_retry, lambda t: self._removal_tick(s, t))
 
 

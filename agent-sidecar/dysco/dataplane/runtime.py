@@ -45,6 +45,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 CONTROL_PORT = 2016
 _SO_MARK = 36
+_SO_SNDBUFFORCE = 32
+_SO_RCVBUFFORCE = 33
+# The control socket's buffers. One order can reconfigure thousands of sessions, and
+# its messages arrive in bursts (a rightRequest per session, three TEARDOWN copies...):
+# with the default 208 KiB about 280 datagrams fit, the rest were dropped
+# (Udp.RcvbufErrors) and waited for the core's retransmission timers.
+CONTROL_BUFFER = 8 << 20
 
 
 class Processor(Protocol):
@@ -103,6 +110,8 @@ class Pod:
         try:
             self.control.bind((spec.address, control_port))
             self.control.setblocking(False)
+            self.control.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, CONTROL_BUFFER)
+            self.control.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, CONTROL_BUFFER)
             self.raw.setsockopt(socket.SOL_SOCKET, _SO_MARK, interception.mark)
             self.mtu = _link_mtu(spec.ns)
         except (OSError, subprocess.CalledProcessError):

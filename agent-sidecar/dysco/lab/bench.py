@@ -9,12 +9,10 @@ backend). `reconfiguration` times `dysco chain replace` orders for N idle sessio
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
 import tracemalloc
-from pathlib import Path
 from typing import Any
 
 from dysco.core import Action, Agent, AgentConfig, Hook, Hop, Policy, Verdict
@@ -101,28 +99,16 @@ def measure_dysco(lab: Lab, hops: list[str], backend: str, *, seconds: float = 5
         for hop in hops:
             netns.sysctl(lab.pod(hop).name, {"net.ipv4.ip_forward": "1"})
         agents.set_chain("client", "server", hops, {IPERF_PORT, ECHO_PORT})
-        cpu0 = _cpu_s()
+        cpu0 = agents.usage()["cpu_s"]
         row = measure(lab, label, seconds=seconds, count=count)
-        cpu = _cpu_s() - cpu0
+        cpu = agents.usage()["cpu_s"] - cpu0
         notes = agents.notifications()
     row |= {"hops": len(hops), "backend": backend, "sessions_opened": notes["SessionOpened"]}
-    # the agents run in this process (one thread): its CPU time over the bytes moved
+    # the agent processes (one per node): their CPU time over the bytes moved
     moved_gb = (row["fwd_gbps"] + row["rev_gbps"]) * seconds / 8
     row["agent_cpu_s"] = round(cpu, 2)
     row["agent_cpu_s_per_gb"] = round(cpu / moved_gb, 2) if moved_gb else None
     return row
-
-
-def _cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def reconfiguration(lab: Lab, sessions: int, backend: str = "raw",
@@ -130,7 +116,7 @@ def reconfiguration(lab: Lab, sessions: int, backend: str = "raw",
     """Open `sessions` idle sessions client -> mb1 -> server, then order all of them
     replaced mb1 -> mb3 (`dysco chain replace`) and time order -> completion; check
     every session still echoes afterwards. Also the agents' CPU and memory per session
-    (this process's RSS growth while the sessions open)."""
+    (the agent processes' RSS growth while the sessions open)."""
 
 
     client, server = lab.pod("client"), lab.pod("server")
@@ -147,7 +133,7 @@ def reconfiguration(lab: Lab, sessions: int, backend: str = "raw",
             assert echo.stdout is not None
             if echo.stdout.readline().strip() != "READY":
                 raise RuntimeError("echo server did not start")
-            rss0, cpu0 = _rss_kib(), _cpu_s()
+            usage0 = agents.usage()
             hold = subprocess.Popen(netns.argv(client.name, [
                 sys.executable, "-m", "dysco.lab.pingpong", "hold", "--host", server.ip,
                 "--port", str(ECHO_PORT), "--count", str(sessions)]),
@@ -157,8 +143,9 @@ def reconfiguration(lab: Lab, sessions: int, backend: str = "raw",
             out["open_s"] = opened["seconds"]
             out["setup_per_s"] = round(sessions / opened["seconds"], 1)
             out["agent_cpu_us_per_session_setup"] = round(
-                (_cpu_s() - cpu0) / sessions * 1e6, 1)
-            out["agent_rss_kib_per_session"] = round((_rss_kib() - rss0) / sessions, 2)
+                (agents.usage()["cpu_s"] - usage0["cpu_s"]) / sessions * 1e6, 1)
+            out["agent_rss_kib_per_session"] = round(
+                (agents.usage()["rss_kib"] - usage0["rss_kib"]) / sessions, 2)
             answer = agents.order(Order(op="replace", middlebox="mb1", hops=("mb3",),
                                         wait=60.0))
             out["order"] = answer
@@ -233,7 +220,7 @@ def _hold(ns: str, host: str, port: int, count: int) -> subprocess.Popen[str]:
 
 def load(lab: Lab, sessions: int, reconfigure: int, backend: str = "raw") -> dict[str, Any]:
     """`sessions` idle sessions client -> mb1 -> server open at once through the same
-    agents; memory per session (RSS growth of this process, which runs the agents, and
+    agents; memory per session (RSS growth of the node agent processes, and
     the core alone by `core_memory`); then `reconfigure` of them (those on `LOAD_PORT`)
     replaced mb1 -> mb3 by one order while the others stay; every session must echo
     afterwards."""
@@ -256,7 +243,7 @@ def load(lab: Lab, sessions: int, reconfigure: int, backend: str = "raw") -> dic
                 assert echo.stdout is not None
                 if echo.stdout.readline().strip() != "READY":
                     raise RuntimeError("echo server did not start")
-            rss0, t0 = _rss_kib(), time.monotonic()
+            rss0, t0 = agents.usage()["rss_kib"], time.monotonic()
             holds = []
             for port, count in ((ECHO_PORT, sessions - reconfigure), (LOAD_PORT, reconfigure)):
                 hold = _hold(client.name, server.ip, port, count)
@@ -265,7 +252,8 @@ def load(lab: Lab, sessions: int, reconfigure: int, backend: str = "raw") -> dic
                 json.loads(hold.stdout.readline())
                 holds.append(hold)
             out["open_s"] = round(time.monotonic() - t0, 1)
-            out["agent_rss_kib_per_session"] = round((_rss_kib() - rss0) / sessions, 2)
+            out["agent_rss_kib_per_session"] = round(
+                (agents.usage()["rss_kib"] - rss0) / sessions, 2)
             out["tables"] = agents.core_stats()
             answer = agents.order(Order(op="replace", middlebox="mb1", hops=("mb3",),
                                         port=LOAD_PORT, wait=120.0))

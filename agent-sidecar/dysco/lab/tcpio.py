@@ -42,6 +42,8 @@ class SessionResult:
     sha_received: str = ""
     seconds: float = 0.0
     max_gap_s: float = 0.0   # longest time a direction made no progress
+    max_gap_end: float = 0.0  # when it ended: time.monotonic(), which every namespace
+                              # of the host shares, so it lines up with agent traces
     stalled: bool = False
     error: str | None = None
     prefix: str = ""         # hex of the `skip` bytes a middlebox put before the stream
@@ -53,12 +55,15 @@ class _Progress:
     def __init__(self) -> None:
         self.last = time.monotonic()
         self.max_gap = 0.0
+        self.max_gap_end = 0.0
         self.lock = threading.Lock()
 
     def tick(self) -> None:
         now = time.monotonic()
         with self.lock:
-            self.max_gap = max(self.max_gap, now - self.last)
+            if now - self.last > self.max_gap:
+                self.max_gap = now - self.last
+                self.max_gap_end = now
             self.last = now
 
 
@@ -165,7 +170,9 @@ def exchange(sock: socket.socket, nbytes: int, *, is_client: bool, timeout: floa
             sender.join()
         sock.close()
     res.seconds = round(time.monotonic() - start, 4)
-    res.max_gap_s = round(max(p.max_gap for p in prog), 3)
+    worst = max(prog, key=lambda p: p.max_gap)
+    res.max_gap_s = round(worst.max_gap, 3)
+    res.max_gap_end = round(worst.max_gap_end, 3)
     res.stalled = res.max_gap_s > STALL_S
     return res
 
