@@ -83,6 +83,17 @@ def test_port_allocator_never_repeats_a_live_tuple() -> None:
     assert ports.allocate(1, 2) not in got - {next(iter(got))}
 
 
+def test_port_start_keeps_a_new_agent_off_its_predecessors_tuples() -> None:
+    """A re-attached pod's new core must not reopen tuples the next hop has tombstoned."""
+    old = PortAllocator((40000, 59999), (20000, 39999))
+    used = {old.allocate(1, 2) for _ in range(100)}
+    assert PortAllocator((40000, 59999), (20000, 39999)).allocate(1, 2) in used
+    new = PortAllocator((40000, 59999), (20000, 39999), start=123_456_789)
+    assert not {new.allocate(1, 2) for _ in range(100)} & used
+    wrapped = PortAllocator((40000, 40003), (20000, 20001), start=8 * 3 + 5)
+    assert wrapped.allocate(1, 2) == (1, 2, 40001, 20001)
+
+
 def test_instance_choice_skips_excluded_and_is_stable() -> None:
     hop = Hop("fw", (10, 11, 12))
     t = (1, 2, 3, 4)

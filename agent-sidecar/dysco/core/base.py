@@ -33,7 +33,7 @@ class AgentBase:
         self.by_rid: dict[int, Side] = {}  # reconfigurations this agent anchors
         self.tombstones: dict[Tuple4, float] = {}  # retired subsessions: drop until then
         self.policies: tuple[Policy, ...] = ()
-        self.ports = PortAllocator(config.local_ports, config.peer_ports)
+        self.ports = PortAllocator(config.local_ports, config.peer_ports, config.port_start)
         self.auth = (
             Authenticator(dict(config.keys), config.current_key, config.auth_window)
             if config.keys else None

@@ -14,6 +14,10 @@ class AgentConfig:
     # agents that open subsessions towards each other can never pick the same tuple.
     local_ports: tuple[int, int] = (40000, 59999)
     peer_ports: tuple[int, int] = (20000, 39999)
+    # Where in those ranges allocation starts. A data plane passes a random value: an
+    # agent that starts afresh (pod re-attached, agent restarted) must not pick the
+    # tuples its predecessor used, which the next hop still drops for `linger` seconds.
+    port_start: int = 0
     lock_timeout: float = 0.2
     lock_retries: int = 8
     syn_timeout: float = 0.2

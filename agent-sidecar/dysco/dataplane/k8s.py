@@ -49,7 +49,7 @@ from dysco.core.state import Session, Tuple4
 from dysco.k8s import interface as k8s
 
 from . import netns
-from .runtime import Pod, PodSpec, Runtime, int_to_ip, ip_to_int
+from .runtime import Pod, PodSpec, Runtime, int_to_ip, ip_to_int, port_start
 
 log = logging.getLogger(__name__)
 Key = tuple[str, int]
@@ -192,7 +192,7 @@ class NodeDataPlane:
         return Agent(AgentConfig(address=ip_to_int(spec.address),
                                  control_port=self.runtime.control_port,
                                  keys=self.keys, current_key=self.current_key,
-                                 **self._limits))  # type: ignore[arg-type]
+                                 port_start=port_start(), **self._limits))  # type: ignore[arg-type]
 
     def set_keys(self, keys: Mapping[int, bytes], current: int) -> None:
         """New keys for pods attached later, and a `SetKeys` for those attached now."""

@@ -25,6 +25,7 @@ import errno
 import functools
 import json
 import logging
+import secrets
 import selectors
 import socket
 import subprocess
@@ -83,6 +84,12 @@ class PodStats:
     control_out: int = 0
     errors: int = 0             # a core exception or a broken contract: packet dropped
     notifications: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+def port_start() -> int:
+    """A random `AgentConfig.port_start`, so a new core does not reuse its predecessor's
+    subsession tuples while the next hop still has them tombstoned."""
+    return secrets.randbelow(1 << 30)
 
 
 def ip_to_int(text: str) -> int:
@@ -183,7 +190,7 @@ class Runtime:
     def _core_agent(self, spec: PodSpec) -> Processor:
         """The default processor: one protocol-core Agent per pod."""
         return Agent(AgentConfig(address=ip_to_int(spec.address),
-                                 control_port=self.control_port))
+                                 control_port=self.control_port, port_start=port_start()))
 
     # --- pods -------------------------------------------------------------------------
 

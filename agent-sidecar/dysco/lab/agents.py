@@ -27,7 +27,7 @@ from typing import Any
 from dysco.core import Agent, AgentConfig, Hop, Policy, persist
 from dysco.core import commands as cmd
 from dysco.core.events import Event, ReconfigDone, ReconfigFailed, Rejected
-from dysco.dataplane.runtime import Pod, PodSpec, Runtime, ip_to_int
+from dysco.dataplane.runtime import Pod, PodSpec, Runtime, ip_to_int, port_start
 
 from . import control
 from .topology import Lab
@@ -69,7 +69,7 @@ class LabAgents:
         config = AgentConfig(address=ip_to_int(spec.address), keys=self.keys, current_key=1,
                              lock_timeout=LAB_TIMEOUT, syn_timeout=LAB_TIMEOUT,
                              ack_timeout=LAB_TIMEOUT, complete_timeout=LAB_TIMEOUT,
-                             cancel_timeout=LAB_TIMEOUT)
+                             cancel_timeout=LAB_TIMEOUT, port_start=port_start())
         return replace(config, **self.overrides)  # type: ignore[arg-type]
 
     def __enter__(self) -> LabAgents:
