@@ -54,6 +54,7 @@ class NodeDataPlane:
         self.pods: dict[str, PodSpec] = {}
         self.chains: dict[str, k8s.Chain] = {}
         self.draining: dict[str, float] = {}
+        self._hop_of: dict[str, tuple[str, str]] = {}  # instance IP -> (chain, hop), ever
         self._reconfigs: dict[Key, list[int]] = collections.defaultdict(lambda: [0, 0])
         self._thread = threading.Thread(target=self.runtime.run, name="dysco-dataplane",
                                         daemon=True)
@@ -94,6 +95,9 @@ class NodeDataPlane:
 
     def set_chains(self, chains: Sequence[k8s.Chain]) -> None:
         self.chains = {c.name: c for c in chains}
+        # the plan lists a draining instance under `draining`, no longer in its hop
+        self._hop_of.update({ip: (c.name, h.name) for c in chains for h in c.hops
+                             for ip in h.instances})
 
     def set_policies(self, pod_key: str, policies: Sequence[k8s.Policy]) -> None:
         spec = self.pods.get(pod_key)
@@ -107,7 +111,7 @@ class NodeDataPlane:
 
         A middlebox's sessions do not know their chain (the SYN list does not carry it),
         so one replacement serves them all: the first other instance of the first hop
-        that lists `ip`."""
+        that lists `ip` (now, or before the plan moved it to the draining list)."""
         first = ip not in self.draining
         self.draining[ip] = deadline
         if not first:
@@ -118,7 +122,7 @@ class NodeDataPlane:
             return
         for chain in self.chains.values():
             for hop in chain.hops:
-                if ip not in hop.instances:
+                if ip not in hop.instances and self._hop_of.get(ip) != (chain.name, hop.name):
                     continue
                 others = [i for i in hop.instances if i != ip and i not in self.draining]
                 if others or hop.optional:
