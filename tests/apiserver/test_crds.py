@@ -147,7 +147,10 @@ def test_node_plan_schema(api: Any) -> None:
         "metadata": {"name": "n0"},
         "spec": {"nodeName": "n0", "revision": 1,
                  "chains": [{"name": "a/b", "revision": 1,
-                             "hops": [{"name": "fw", "instances": ["10.0.0.1"]}]}]}})
+                             "hops": [{"name": "fw", "instances": ["10.0.0.1"]}]}],
+                 "pods": [{"namespace": "a", "name": "fw", "uid": "u", "ip": "10.0.0.1",
+                           "contentDelta": {"leftToRight": 27, "rightToLeft": -5}}]}})
     assert obj["spec"]["chains"][0]["updatePolicy"] == "live"
     assert obj["spec"]["chains"][0]["hops"][0]["kind"] == "transparent"
+    assert obj["spec"]["pods"][0]["contentDelta"] == {"leftToRight": 27, "rightToLeft": -5}
     co.delete_cluster_custom_object(GROUP, VERSION, "dysconodeplans", "n0")

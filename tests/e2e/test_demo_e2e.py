@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
-from chart_e2e_lib import KUBECONFIG, ROOT, SYSTEM_NS, TAG, chart_installed  # noqa: E402
+from chart_e2e_lib import KUBECONFIG, ROOT, SYSTEM_NS, TAG, chart_installed
 
-from dysco.demo.cluster import HTTP, Kube, wait_for  # noqa: E402
-from dysco.demo.driver import CHAIN, Demo, StepResult  # noqa: E402
+from dysco.demo.cluster import HTTP, Kube, wait_for
+from dysco.demo.driver import CHAIN, Demo, StepResult
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(900),
               pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")]

@@ -257,3 +257,18 @@ def test_cli_parser_and_dataplane_loading(monkeypatch: pytest.MonkeyPatch) -> No
     assert isinstance(load_dataplane("record"), RecordingDataPlane)
     with pytest.raises(SystemExit, match="cannot load data plane"):
         load_dataplane("no.such.module:factory")
+
+
+def test_content_delta_of_a_proxy_pod_is_passed_on_and_cleared() -> None:
+    rec, dp = make()
+    spec = plan_spec()
+    spec["pods"][1]["contentDelta"] = {"leftToRight": 27, "rightToLeft": -5}
+    rec.apply(spec)
+    kinds = [c[0] for c in dp.calls]
+    assert kinds.index("set_content_delta") > kinds.index("attach_pod")
+    assert dp.content_deltas == {"ns/fw": (27, -5)}
+    n = len(dp.calls)
+    rec.apply(spec)
+    assert len(dp.calls) == n
+    rec.apply(plan_spec())  # annotation removed
+    assert dp.content_deltas == {"ns/fw": (0, 0)}

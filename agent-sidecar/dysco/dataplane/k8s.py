@@ -5,42 +5,110 @@ chains and policies, and which middlebox instances drain; we keep one runtime wi
 core Agent per attached pod, turn policies into core `SetPolicies`, drains into the
 middlebox's `ReplaceSelf`, and count sessions and reconfigurations for its status.
 
-Not implemented yet: reconfiguring live sessions when a chain's revision grows
-(``update_policy == "live"``) and ``on_delete`` for detached policies; new sessions
-always follow the newest policies.
+Live sessions follow their chain (docs/dataplane.md, "Kubernetes"):
+
+* A chain revision that grows with ``update_policy == "live"`` is turned into hop edits
+  (`chain_edits`), each carried out by the agent next to it, because a middlebox kept
+  by both revisions cannot be on the old and the new path of one session at once:
+  hops inserted in front -> the source pod (`InsertRight`); hops inserted after a kept
+  hop -> that hop's instances (`InsertRight` at the middlebox); removed or replaced
+  hops -> their instances (`ReplaceSelf`, like a drain). ``newSessionsOnly`` chains
+  move nothing.
+* A policy that disappears (chain deleted, pod no longer selected) follows the chain's
+  last ``on_delete``: ``bypass`` moves the source's sessions onto a direct path,
+  ``close`` resets them (both ends get a RST).
+* `detach_pod` keeps a pod whose namespace still exists attached until its sessions
+  have ended, so sessions are never blackholed by a half-removed chain.
 """
 
 from __future__ import annotations
 
 import collections
+import difflib
+import functools
 import logging
 import os
+import subprocess
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from dysco.core import Agent, AgentConfig, Hop, Policy, Selector
 from dysco.core import commands as cmd
-from dysco.core.events import Event, ReconfigDone, ReconfigFailed
+from dysco.core.events import (
+    Event,
+    ReconfigDone,
+    ReconfigFailed,
+    SessionClosed,
+    SessionOpened,
+)
+from dysco.core.state import Session, Tuple4
 from dysco.k8s import interface as k8s
 
-from .runtime import Pod, PodSpec, Runtime, ip_to_int
+from . import netns
+from .runtime import Pod, PodSpec, Runtime, int_to_ip, ip_to_int
 
 log = logging.getLogger(__name__)
 Key = tuple[str, int]
+SWEEP_INTERVAL = 1.0  # seconds between checks whether a detached pod's sessions ended
+RESET_BATCH = 64  # sessions per `ss -K` call
 
 
 def core_policies(policies: Sequence[k8s.Policy]) -> tuple[Policy, ...]:
-    """One core policy per (chain, port set): the core matches one port set per policy."""
+    """One core policy per (chain, port set): the core matches one port set per policy.
+
+    An optional hop without instances is left out (bypassed)."""
     out = []
     for p in policies:
         by_ports: dict[frozenset[int], set[int]] = collections.defaultdict(set)
         for ip, ports in p.destinations:
             by_ports[frozenset(ports)].add(ip_to_int(ip))
         hops = tuple(Hop(h.name, tuple(ip_to_int(i) for i in h.instances))
-                     for h in p.chain.hops)
+                     for h in p.chain.hops if h.instances or not h.optional)
         for port_set, dsts in sorted(by_ports.items(), key=lambda kv: sorted(kv[0])):
             out.append(Policy(p.chain.name, frozenset(dsts), hops, port_set, p.chain.revision))
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One change of a chain, made by the agent at `anchor` for each live session.
+
+    `anchor` is the old chain's hop whose instances act, or None for the source pod.
+    ``insert``: put `hops` right after the anchor (`InsertRight`); ``replace``: the
+    anchor hop asks to be replaced by `hops` (`ReplaceSelf`, empty: removed)."""
+
+    anchor: str | None
+    op: str  # insert | replace
+    hops: tuple[k8s.Hop, ...]
+
+
+def chain_edits(old: Sequence[k8s.Hop], new: Sequence[k8s.Hop]) -> list[Edit]:
+    """The edits that take sessions from the `old` hops to the `new` ones (by hop name;
+    a kept hop keeps its instance, instance changes are drains)."""
+    names = difflib.SequenceMatcher(a=[h.name for h in old], b=[h.name for h in new],
+                                    autojunk=False)
+    edits = []
+    for tag, i1, i2, j1, j2 in names.get_opcodes():
+        added = tuple(new[j1:j2])
+        if tag == "insert":
+            edits.append(Edit(old[i1 - 1].name if i1 else None, "insert", added))
+        elif tag in ("delete", "replace"):
+            edits.append(Edit(old[i1].name, "replace", added))
+            edits += [Edit(h.name, "replace", ()) for h in old[i1 + 1:i2]]
+    return edits
+
+
+def session_selector(t: Tuple4, policy: str = "") -> Selector:
+    """A selector for one session (a core selector matches a port at either end, so two
+    sessions between the same hosts whose ports coincide are both chosen)."""
+    return Selector(src=frozenset({t[0]}), dst=frozenset({t[1]}),
+                    dst_ports=frozenset({t[2]}), policy=policy)
+
+
+def _open(s: Session) -> bool:
+    """Not ended (a closed session lingers a while in the core's tables)."""
+    return not s.torn and s.closing_at is None and s.right is not None
 
 
 class NodeDataPlane:
@@ -52,17 +120,33 @@ class NodeDataPlane:
         self.runtime = Runtime(self._agent, backend=backend)
         self.runtime.on_notify = self._on_notify
         self.pods: dict[str, PodSpec] = {}
+        self.policies: dict[str, tuple[k8s.Policy, ...]] = {}
         self.chains: dict[str, k8s.Chain] = {}
         self.draining: dict[str, float] = {}
         self._hop_of: dict[str, tuple[str, str]] = {}  # instance IP -> (chain, hop), ever
+        self.content_deltas: dict[str, tuple[int, int]] = {}  # pod ns -> (l2r, r2l)
+        # detached pods whose sessions still run (changed in the loop thread only)
+        self.leaving: dict[str, PodSpec] = {}
         self._reconfigs: dict[Key, list[int]] = collections.defaultdict(lambda: [0, 0])
+        # Loop-thread state: the (chain, revision) a reconfiguration we ordered moves a
+        # session to (revision None: off the chain), by (pod ns, session tuple) ...
+        self._moves: dict[tuple[str, Tuple4], tuple[str, int | None]] = {}
+        # ... and the revision a source pod's sessions of a chain reach when they finish
+        # a reconfiguration another agent anchored (a middlebox removing itself).
+        self._targets: dict[tuple[str, str], int] = {}
         self._thread = threading.Thread(target=self.runtime.run, name="dysco-dataplane",
                                         daemon=True)
         self._thread.start()
         self.runtime.started.wait()
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="dysco-sweeper",
+                                         daemon=True)
+        self._sweeper.start()
 
     def close(self) -> None:
         """Detach every pod (rules and sockets go) and stop the loop."""
+        self._stop.set()
+        self._sweeper.join()
         self.runtime.stop()
         self._thread.join()
         self.runtime.close()
@@ -77,7 +161,7 @@ class NodeDataPlane:
         """New keys for pods attached later, and a `SetKeys` for those attached now."""
         self.keys = tuple(sorted(keys.items()))
         self.current_key = current
-        for spec in self.pods.values():
+        for spec in (*self.pods.values(), *list(self.leaving.values())):
             self.runtime.submit(spec.ns, cmd.SetKeys(self.keys, current))
 
     def attach_pod(self, pod_key: str, netns_path: str, ip: str) -> None:
@@ -85,25 +169,202 @@ class NodeDataPlane:
         if self.pods.get(pod_key) == spec:
             return
         self.detach_pod(pod_key)
-        self.runtime.call(lambda: self.runtime.add_pod(spec))
+
+        def add() -> None:
+            self.leaving.pop(spec.ns, None)  # back in the plan before its sessions ended
+            self.runtime.add_pod(spec)
+        self.runtime.call(add)
         self.pods[pod_key] = spec
 
     def detach_pod(self, pod_key: str) -> None:
+        """The pod's chains follow their ``on_delete``; the pod itself stays attached
+        until its sessions ended (or its namespace is gone)."""
         spec = self.pods.pop(pod_key, None)
-        if spec is not None:
-            self.runtime.call(lambda: self.runtime.remove_pod(spec.ns))
+        if spec is None:
+            return
+        for policy in self.policies.pop(pod_key, ()):
+            self._on_delete(spec, policy.chain)
+
+        def leave() -> None:
+            self.leaving[spec.ns] = spec
+            self._sweep()
+        self.runtime.call(leave)
+
+    def set_content_delta(self, pod_key: str, left_to_right: int, right_to_left: int) -> None:
+        """Pod `pod_key` is a TCP-terminating proxy that adds (or removes, if negative)
+        these many bytes to every session it carries, per direction: each session it
+        opens gets a `SetContentDelta`, so it can be spliced out (or replaced) live."""
+        spec = self.pods[pod_key]
+        if left_to_right or right_to_left:
+            self.content_deltas[spec.ns] = (left_to_right, right_to_left)
+        else:
+            self.content_deltas.pop(spec.ns, None)
 
     def set_chains(self, chains: Sequence[k8s.Chain]) -> None:
-        self.chains = {c.name: c for c in chains}
+        """Middlebox side of live chain updates: edits anchored at a hop of this node."""
+        old, self.chains = self.chains, {c.name: c for c in chains}
         # the plan lists a draining instance under `draining`, no longer in its hop
         self._hop_of.update({ip: (c.name, h.name) for c in chains for h in c.hops
                              for ip in h.instances})
+        for name, chain in self.chains.items():
+            before = old.get(name)
+            if before is None or not self._moves_live(before, chain):
+                continue
+            by_name = {h.name: h for h in before.hops}
+            for edit in chain_edits(before.hops, chain.hops):
+                if edit.anchor is None:
+                    continue
+                for spec in self._local(by_name[edit.anchor].instances):
+                    self.runtime.call(functools.partial(
+                        self._edit_middlebox, spec.ns, edit, name, chain.revision))
 
     def set_policies(self, pod_key: str, policies: Sequence[k8s.Policy]) -> None:
+        """New sessions follow `policies` at once; live ones are moved (source side of
+        live chain updates) or follow ``on_delete`` if their policy disappeared."""
         spec = self.pods.get(pod_key)
         if spec is None:
             raise KeyError(f"policies for a pod that is not attached: {pod_key}")
+        old = {p.chain.name: p for p in self.policies.get(pod_key, ())}
+        self.policies[pod_key] = tuple(policies)
         self.runtime.submit(spec.ns, cmd.SetPolicies(core_policies(policies)))
+        for policy in policies:
+            before = old.pop(policy.chain.name, None)
+            if before is not None and self._moves_live(before.chain, policy.chain):
+                self.runtime.call(functools.partial(
+                    self._edit_source, spec.ns, before.chain, policy.chain))
+        for gone in old.values():
+            self._on_delete(spec, gone.chain)
+
+    @staticmethod
+    def _moves_live(before: k8s.Chain, after: k8s.Chain) -> bool:
+        return after.revision > before.revision and after.update_policy == "live"
+
+    def _local(self, ips: Iterable[str]) -> list[PodSpec]:
+        """The attached pods of this node among `ips`."""
+        wanted = set(ips)
+        return [s for s in self.pods.values() if s.address in wanted]
+
+    def _instances(self, hops: Sequence[k8s.Hop], n: int) -> tuple[int, ...] | None:
+        """The `n`-th session's instances of `hops`, round robin over the instances that
+        do not drain; None if a mandatory hop has none."""
+        out = []
+        for hop in hops:
+            live = [i for i in hop.instances if i not in self.draining] or list(hop.instances)
+            if live:
+                out.append(ip_to_int(live[n % len(live)]))
+            elif not hop.optional:
+                log.warning("hop %s has no instances: live sessions not moved", hop.name)
+                return None
+        return tuple(out)
+
+    def _sessions(self, ns: str, role: str, chain: str = "") -> list[Session]:
+        """Open sessions of pod `ns` in `role` (of `chain`, for a source)."""
+        pod = self.runtime.pods.get(ns)
+        if pod is None or not isinstance(pod.processor, Agent):
+            return []
+        return [s for s in pod.processor.sessions.values()
+                if s.role == role and _open(s) and (not chain or s.policy == chain)]
+
+    # --- in the loop thread -----------------------------------------------------------
+
+    def _edit_source(self, ns: str, before: k8s.Chain, after: k8s.Chain) -> None:
+        """Move a source pod's sessions of `after.name` to `after.revision`."""
+        edits = chain_edits(before.hops, after.hops)
+        front = [e for e in edits if e.anchor is None]
+        first = before.hops[0].name if before.hops else None
+        # A removal or replacement of the first hop makes us its left anchor as well.
+        ours = bool(front) or any(e.anchor == first and e.op == "replace" for e in edits)
+        pod = self.runtime.pods[ns]
+        sessions = [s for s in self._sessions(ns, "left", after.name)
+                    if s.revision < after.revision]
+        if ours:
+            self._targets[(ns, after.name)] = after.revision
+        for n, s in enumerate(sessions):
+            if not ours:
+                s.revision = after.revision  # the middleboxes move it; they count results
+            for edit in front:
+                hops = self._instances(edit.hops, n)
+                if hops is None:
+                    continue
+                t = s.tuple4()
+                self._moves[(ns, t)] = (after.name, after.revision)
+                self.runtime.execute_command(pod, cmd.InsertRight(
+                    session_selector(t, after.name), hops))
+
+    def _edit_middlebox(self, ns: str, edit: Edit, chain: str, revision: int) -> None:
+        """Carry out `edit` for every session of middlebox pod `ns` (a middlebox does not
+        know its sessions' chains: like a drain, it acts for all of them)."""
+        pod = self.runtime.pods.get(ns)
+        if pod is None:
+            return
+        for n, s in enumerate(self._sessions(ns, "middle")):
+            hops = self._instances(edit.hops, n)
+            if hops is None:
+                continue
+            t = s.tuple4()
+            if edit.op == "insert":
+                if not hops:
+                    continue
+                self._moves[(ns, t)] = (chain, revision)
+                self.runtime.execute_command(pod, cmd.InsertRight(session_selector(t), hops))
+                continue
+            # our left neighbour anchors the replacement: we count it if it is ours too
+            assert s.left is not None
+            left = self._local([int_to_ip(s.left.path.peer)])
+            if left:
+                self._moves[(left[0].ns, t)] = (chain, revision)
+            self.runtime.execute_command(pod, cmd.ReplaceSelf(session_selector(t), hops))
+
+    def _bypass(self, ns: str, chain: str) -> None:
+        """Move a source pod's sessions of `chain` onto a direct path; they leave the
+        chain (and its session counts) once moved."""
+        pod = self.runtime.pods.get(ns)
+        if pod is None:
+            return
+        self._targets.pop((ns, chain), None)
+        for s in self._sessions(ns, "left", chain):
+            t = s.tuple4()
+            assert s.right is not None
+            if s.right.path.peer == t[1]:
+                s.policy = ""  # already direct
+                continue
+            self._moves[(ns, t)] = (chain, None)
+            self.runtime.execute_command(pod, cmd.InsertRight(
+                session_selector(t, chain), (), right_anchor=t[1]))
+
+    def _sweep(self) -> None:
+        """Detach the leaving pods whose sessions ended or whose namespace is gone."""
+        for ns, spec in list(self.leaving.items()):
+            gone = not netns.exists(spec.ns)
+            pod = self.runtime.pods.get(ns)
+            if gone or pod is None or not isinstance(pod.processor, Agent) or not any(
+                    not s.torn and s.closing_at is None
+                    for s in pod.processor.sessions.values()):
+                del self.leaving[ns]
+                self.content_deltas.pop(ns, None)
+                self._moves = {k: v for k, v in self._moves.items() if k[0] != ns}
+                self._targets = {k: v for k, v in self._targets.items() if k[0] != ns}
+                self.runtime.remove_pod(ns)
+
+    # ----------------------------------------------------------------------------------
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.wait(SWEEP_INTERVAL):
+            if self.leaving:
+                try:
+                    self.runtime.call(self._sweep)
+                except Exception:  # keep sweeping: a pod that cannot go is retried
+                    log.exception("detaching leaving pods failed")
+
+    def _on_delete(self, spec: PodSpec, chain: k8s.Chain) -> None:
+        """A source pod's policy for `chain` is gone: bypass or close its sessions."""
+        if chain.on_delete == "close":
+            tuples = self.runtime.call(
+                lambda: [s.tuple4() for s in self._sessions(spec.ns, "left", chain.name)])
+            for i in range(0, len(tuples), RESET_BATCH):
+                _reset(spec.ns, tuples[i:i + RESET_BATCH])
+        else:
+            self.runtime.call(lambda: self._bypass(spec.ns, chain.name))
 
     def drain_instance(self, ip: str, deadline: float) -> None:
         """Ask the middlebox pod `ip` to hand its sessions to another instance of its hop
@@ -140,7 +401,7 @@ class NodeDataPlane:
             for pod in self.runtime.pods.values():
                 if isinstance(pod.processor, Agent):
                     for s in pod.processor.sessions.values():
-                        if s.policy and s.role == "left":
+                        if s.policy and s.role == "left" and _open(s):
                             out[(s.policy, s.revision)] += 1
             return dict(out)
         return self.runtime.call(count)
@@ -149,17 +410,54 @@ class NodeDataPlane:
         return self.runtime.call(lambda: {k: (v[0], v[1]) for k, v in self._reconfigs.items()})
 
     def _on_notify(self, pod: Pod, event: Event) -> None:
-        """Count finished reconfigurations once, at their left anchor."""
+        """Give proxies' sessions their content delta; count finished reconfigurations
+        once, at their left anchor, under the (chain, revision) they moved the session
+        to, and move the session's revision."""
+        if not isinstance(pod.processor, Agent):
+            return
+        if isinstance(event, SessionOpened):
+            delta = self.content_deltas.get(pod.spec.ns)
+            if delta is not None:
+                self.runtime.execute_command(pod, cmd.SetContentDelta(
+                    session_selector(event.session), *delta))
+            return
+        if isinstance(event, SessionClosed):  # ended before its reconfiguration did
+            self._moves.pop((pod.spec.ns, event.session), None)
+            return
         if isinstance(event, ReconfigDone) and event.role == "left":
             slot = 0
         elif isinstance(event, ReconfigFailed) and event.final:
             slot = 1
         else:
             return
-        if isinstance(pod.processor, Agent):
-            session = pod.processor.session_of(event.session)
-            if session is not None and session.policy:
-                self._reconfigs[(session.policy, session.revision)][slot] += 1
+        session = pod.processor.session_of(event.session)
+        if session is None:
+            return
+        move = self._moves.pop((pod.spec.ns, session.tuple4()), None)
+        if move is None and session.policy:
+            target = self._targets.get((pod.spec.ns, session.policy), session.revision)
+            move = (session.policy, max(target, session.revision))
+        if move is None:
+            return
+        chain, revision = move
+        self._reconfigs[(chain, session.revision if revision is None else revision)][slot] += 1
+        if slot == 0 and revision is None:
+            session.policy = ""
+        elif slot == 0 and revision is not None and session.policy == chain:
+            session.revision = revision
+
+
+def _reset(ns: str, sessions: Sequence[Tuple4]) -> None:
+    """Abort the local sockets of `sessions` in pod `ns` (SOCK_DESTROY): the apps get an
+    error and the kernel's RSTs, rewritten by the pod's agent, reset the other ends."""
+    expr: list[str] = []
+    for t in sessions:
+        expr += [*(["or"] if expr else []), "(", "src", f"{int_to_ip(t[0])}:{t[2]}",
+                 "and", "dst", f"{int_to_ip(t[1])}:{t[3]}", ")"]
+    try:
+        netns.run(ns, ["ss", "-K", "-t", "-n", *expr])
+    except (OSError, subprocess.CalledProcessError) as exc:
+        log.warning("%s: could not reset %d sessions: %s", ns, len(sessions), exc)
 
 
 def create_dataplane() -> NodeDataPlane:

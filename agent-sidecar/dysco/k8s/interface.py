@@ -56,9 +56,11 @@ class DataPlane(Protocol):
       as ``/proc/<pid>/ns/net`` that can be passed to setns(2) or bind-mounted); ``ip`` is
       the pod's IPv4 address, i.e. the Dysco host address.
     - ``detach_pod``: stop intercepting; live sessions of the pod follow its chains'
-      ``on_delete``.
+      ``on_delete`` (the data plane may keep intercepting until they have ended, so
+      that none is cut).
     - ``set_chains``: every chain with a participant on this node (middleboxes use it to
-      pick a replacement instance when they are drained).
+      pick a replacement instance when they are drained, and to make the edits anchored
+      at them when a ``live`` chain's revision grows).
     - ``set_policies``: the complete policy list of a source pod. A policy whose chain
       revision grew reconfigures live sessions when ``update_policy == "live"``; a policy
       that disappeared is handled according to its last ``on_delete``.
@@ -66,6 +68,9 @@ class DataPlane(Protocol):
       another instance of the same hop, or bypass an optional hop without instances)
       before ``deadline`` (UNIX time). Calling it again updates the deadline.
     - ``cancel_drain``: the instance is serving again (it became ready).
+    - ``set_content_delta``: pod ``pod_key`` is a TCP-terminating proxy that adds these
+      many bytes per direction to every session it carries ((0, 0): none); called after
+      ``attach_pod``, before the pod's sessions may be spliced out or replaced.
     - ``set_keys``: control-message keys (id -> secret) and the id to send with; called
       before the first attach and whenever the mounted Secret changes (rotation).
     - ``sessions``: live sessions by (chain, revision), summed over the attached pods.
@@ -78,6 +83,8 @@ class DataPlane(Protocol):
     def set_policies(self, pod_key: str, policies: Sequence[Policy]) -> None: ...
     def drain_instance(self, ip: str, deadline: float) -> None: ...
     def cancel_drain(self, ip: str) -> None: ...
+    def set_content_delta(self, pod_key: str, left_to_right: int,
+                          right_to_left: int) -> None: ...
     def set_keys(self, keys: Mapping[int, bytes], current: int) -> None: ...
     def sessions(self) -> Mapping[tuple[str, int], int]: ...
     def reconfigurations(self) -> Mapping[tuple[str, int], tuple[int, int]]: ...
@@ -96,6 +103,7 @@ class RecordingDataPlane:
         self.reconfig_counts: dict[tuple[str, int], tuple[int, int]] = {}
         self.fail_attach: set[str] = set()
         self.keys: tuple[dict[int, bytes], int] | None = None
+        self.content_deltas: dict[str, tuple[int, int]] = {}
 
     def attach_pod(self, pod_key: str, netns_path: str, ip: str) -> None:
         if pod_key in self.fail_attach:
@@ -123,6 +131,11 @@ class RecordingDataPlane:
     def cancel_drain(self, ip: str) -> None:
         self.calls.append(("cancel_drain", ip))
         self.draining.pop(ip, None)
+
+    def set_content_delta(self, pod_key: str, left_to_right: int,
+                          right_to_left: int) -> None:
+        self.calls.append(("set_content_delta", (pod_key, left_to_right, right_to_left)))
+        self.content_deltas[pod_key] = (left_to_right, right_to_left)
 
     def set_keys(self, keys: Mapping[int, bytes], current: int) -> None:
         self.calls.append(("set_keys", (sorted(keys), current)))
