@@ -25,6 +25,8 @@ else
   log "images built in $((SECONDS - t0)) s"
 fi
 
+# helm installs the chart's CRDs only on first install: apply them, a new field would be pruned
+kubectl apply -f charts/dysco/crds/ >/dev/null 2>&1 || kubectl create -f charts/dysco/crds/ >/dev/null
 log "helm upgrade --install dysco (namespace dysco-system, real data plane)"
 helm upgrade --install dysco charts/dysco -n dysco-system --create-namespace \
   -f charts/dysco/ci/local-cluster-values.yaml \

@@ -31,9 +31,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(900),
 
 NS = "e2e-demo"
 VALUES = (ROOT / "charts" / "dysco" / "ci" / "local-cluster-dataplane-values.yaml",)
-LIVE_EDITS = pytest.mark.xfail(
-    strict=True, reason="live reconfiguration of established sessions on chain edits is not "
-    "in dataplane/k8s.py yet (branch k8sdp); remove this mark when it is merged")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +54,6 @@ def events(demo: Demo) -> list[str]:
     return [f"{e.involved_object.kind}/{e.reason}" for e in evs]
 
 
-@LIVE_EDITS
 def test_insert_hop_with_kubectl_patch_moves_live_sessions(demo: Demo) -> None:
     r = demo.step_insert()
     passed(r)
@@ -78,7 +74,6 @@ def test_drain_by_hand_and_by_scale_down(demo: Demo) -> None:
     assert len(demo.k.ready_pods("app=fw")) == 1
 
 
-@LIVE_EDITS
 def test_remove_terminating_proxy_hop_live(demo: Demo) -> None:
     passed(demo.step_remove())
 

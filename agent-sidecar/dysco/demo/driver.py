@@ -1,16 +1,18 @@
 """``dysco demo``: live middlebox changes under long-running, verified TCP sessions.
 
 Deploys (namespace ``--namespace``) a server behind a Service, a client, a firewall-like
-forwarder Deployment ``fw`` (2 replicas) and a stream-changing terminating proxy ``proxy``,
-applies the ServiceChain ``demo`` (client -> fw -> server), starts long sessions in both
-directions and then, while they run, performs the steps below. Each step also starts its
-own batch of sessions just before its change. After each step the batch is finished and
-checked at both ends (SHA-256 of each direction); the long batch is checked at the end.
+forwarder Deployment ``fw`` (2 replicas) and a stream-changing terminating proxy ``proxy``
+(it puts a banner in front of each direction), applies the ServiceChain ``demo`` (client ->
+proxy -> server), starts long sessions in both directions and then, while they run,
+performs the steps below. Each step also starts its own batch of sessions just before its
+change. After each step the batch is finished and checked at both ends (SHA-256 of each
+direction); the long batch is checked at the end.
 
-Steps: insert (``proxy`` hop added with a patch), rollout (new version of ``fw``, pod by
-pod), drain (a ``fw`` pod deleted by hand, then ``fw`` scaled 2 -> 1), remove (``proxy``
-hop removed), new-sessions-only (updatePolicy newSessionsOnly, ``proxy`` added again: old
-sessions keep their revision, new ones take the new path).
+Steps: insert (``fw`` hop put in front of the proxy with a patch), rollout (new version of
+``fw``, pod by pod), drain (a ``fw`` pod deleted by hand, then ``fw`` scaled 2 -> 1),
+remove (``proxy`` hop removed from live sessions), new-sessions-only (updatePolicy
+newSessionsOnly and ``proxy`` added again: old sessions keep their revision and path, new
+ones go through the proxy). Without the insert step the chain starts as fw -> proxy.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from dysco.middleboxes.proxy import BANNER_LR, BANNER_RL
 
 from .cluster import GROUP, HTTP, PORT, VERSION, Kube, Verdict, now, verify, wait_for
 
@@ -80,7 +84,8 @@ class Demo:
         return {"terminationGracePeriodSeconds": grace, "containers": [c]}
 
     def _deployment(self, name: str, replicas: int, spec: dict[str, Any],
-                    version: int = 1) -> dict[str, Any]:
+                    version: int = 1, annotations: dict[str, str] | None = None
+                    ) -> dict[str, Any]:
         labels = {"app": name, "app.kubernetes.io/part-of": "dysco-demo"}
         return {
             "apiVersion": "apps/v1", "kind": "Deployment",
@@ -88,7 +93,8 @@ class Demo:
             "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
                      "strategy": {"type": "RollingUpdate",
                                   "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-                     "template": {"metadata": {"labels": labels | {"version": f"v{version}"}},
+                     "template": {"metadata": {"labels": labels | {"version": f"v{version}"},
+                                               "annotations": annotations or {}},
                                   "spec": spec}},
         }
 
@@ -97,7 +103,8 @@ class Demo:
             "fw", ["middlebox", "--kind", "firewall", "--drain-seconds", "12"],
             privileged=True, env={"DEMO_VERSION": f"v{version}"}), version)
 
-    def setup(self) -> None:
+    def setup(self, hops: tuple[str, ...] = ("proxy",)) -> None:
+        """Deploy everything, apply the chain with `hops` and wait until it is programmed."""
         k = self.k
         self.say(f"namespace {k.ns}: server + Service, client, fw (2 replicas), proxy")
         try:
@@ -123,9 +130,12 @@ class Demo:
         k.apply_deployment(self._deployment("client", 1, self._pod(
             "client", ["client", "--target", server_ip])))
         k.apply_deployment(self.fw(2, self.version))
+        # the proxy puts a banner in front of each direction: its agent must know the
+        # lengths to splice the proxy out of a session (the operator reads the annotation)
         k.apply_deployment(self._deployment("proxy", 1, self._pod(
             "proxy", ["middlebox", "--kind", "proxy", "--drain-seconds", "12"],
-            privileged=True)))
+            privileged=True), annotations={
+                "dysco.io/content-delta": f"{len(BANNER_LR)},{len(BANNER_RL)}"}))
         for name in ("server", "client", "fw", "proxy"):
             wait_for(functools.partial(k.deployment_done, name), 300, f"Deployment {name}", 2)
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ServiceChain",
@@ -133,7 +143,7 @@ class Demo:
                 "spec": {"source": {"selector": {"matchLabels": {"app": "client"}}},
                          "destination": {"service": {"name": "server"},
                                          "ports": [{"port": PORT}]},
-                         "hops": [self.hop("fw")], "updatePolicy": "live",
+                         "hops": [self.hop(h) for h in hops], "updatePolicy": "live",
                          "drainTimeoutSeconds": 20}}
         try:
             k.custom.create_namespaced_custom_object(GROUP, VERSION, k.ns, "servicechains", body)
@@ -258,7 +268,7 @@ class Demo:
     def step_insert(self) -> StepResult:
         rev = int(self.status().get("revision") or 0)
         return self.run_step(
-            "insert", "kubectl patch: hops fw -> fw,proxy (live insertion)",
+            "insert", "kubectl patch: hops proxy -> fw,proxy (live insertion of fw)",
             lambda: self.k.patch_chain(CHAIN, {"hops": [self.hop("fw"), self.hop("proxy")]}),
             lambda: self.live_moved(rev + 1))
 
@@ -290,14 +300,20 @@ class Demo:
             lambda: self.k.patch_chain(CHAIN, {"hops": [self.hop("fw")]}),
             lambda: self.live_moved(rev + 1))
 
+    def hop_names(self) -> list[str]:
+        return [h["name"] for h in self.k.chain(CHAIN)["spec"]["hops"]]
+
     def step_new_only(self) -> StepResult:
         rev = int(self.status().get("revision") or 0)
         old: dict[str, int] = {}
+        before = self.hop_names()
+        # the proxy goes in (or out): the new sessions' banners show which path they took
+        after = ["fw"] if "proxy" in before else ["fw", "proxy"]
 
         def change() -> None:
             old.update(self.by_revision())
             self.k.patch_chain(CHAIN, {"updatePolicy": "newSessionsOnly",
-                                       "hops": [self.hop("fw"), self.hop("proxy")]})
+                                       "hops": [self.hop(h) for h in after]})
             wait_for(lambda: int(self.status().get("revision") or 0) == rev + 1, 60,
                      "the new revision")
             self.wait_applied()
@@ -310,16 +326,17 @@ class Demo:
                 and revs.get(str(rev + 1), 0) >= self.sessions
 
         r = self.run_step("new-sessions-only",
-                          "updatePolicy newSessionsOnly, hops fw -> fw,proxy: old sessions "
-                          "keep their path", change, complete)
+                          f"updatePolicy newSessionsOnly, hops {','.join(before)} -> "
+                          f"{','.join(after)}: old sessions keep their path", change, complete)
         fresh = self.finish("new-only-fresh", self.sessions)
         r.sessions += fresh.sessions
         r.resets += fresh.resets
         r.bytes_verified += fresh.bytes_verified
         r.problems += fresh.problems
-        if fresh.prefixes != fresh.sessions:
-            r.problems.append(f"only {fresh.prefixes}/{fresh.sessions} new sessions went "
-                              "through the proxy")
+        want = fresh.sessions if "proxy" in after else 0
+        if fresh.prefixes != want:
+            r.problems.append(f"{fresh.prefixes}/{fresh.sessions} new sessions went through "
+                              f"the proxy, expected {want}")
         r.ok = r.ok and not r.problems and r.resets == 0
         self.say(f"  new sessions: {fresh.verified}/{fresh.sessions} verified, "
                  f"{fresh.prefixes} through the proxy")
@@ -351,7 +368,8 @@ def run(args: argparse.Namespace) -> int:
     demo = Demo(Kube(args.namespace, args.kubeconfig or None), args.image, args.pull_policy,
                 args.sessions, args.rate, args.step_timeout, args.json)
     rows: list[StepResult] = []
-    demo.setup()
+    # with the insertion step the chain starts with the proxy only (fw comes in live)
+    demo.setup(("proxy",) if "insert" in steps else ("fw", "proxy"))
     demo.say(f"long batch: {args.sessions} sessions through the chain for the whole demo")
     demo.start("long", args.sessions)
     runners = {"insert": demo.step_insert, "rollout": demo.step_rollout,
