@@ -98,6 +98,9 @@ def test_agent_metrics_count_sessions_and_reconfigurations(demo: Demo) -> None:
     assert "dysco_active_sessions" in text
     assert f'dysco_reconfigurations_total{{chain="{NS}/{CHAIN}"' in text \
         and 'result="success"' in text, text[-2000:]
+    count = [line for line in text.splitlines()
+             if line.startswith("dysco_reconfiguration_duration_seconds_count")]
+    assert count and float(count[0].split()[-1]) > 0, count
 
 
 def test_hundred_sessions_through_one_chain_during_a_rollout(demo: Demo) -> None:

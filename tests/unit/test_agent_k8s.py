@@ -213,6 +213,7 @@ def test_agent_step_reports_status_and_serves_read_only_http() -> None:
     agent._listed = True
     dp.session_counts = {("ns/web", 3): 7}
     dp.reconfig_counts = {("ns/web", 3): (5, 1)}
+    dp.reconfig_durations = [0.02, 0.3]
     server = agent.serve_http("127.0.0.1", 0)
     port = server.server_address[1]
     try:
@@ -237,6 +238,9 @@ def test_agent_step_reports_status_and_serves_read_only_http() -> None:
         assert 'dysco_reconfigurations_total{chain="ns/web",result="failed",revision="3"} 1.0' \
             in text
         assert "dysco_agent_plan_revision 3.0" in text
+        assert "dysco_reconfiguration_duration_seconds_count 2.0" in text
+        assert 'dysco_reconfiguration_duration_seconds_bucket{le="0.025"} 1.0' in text
+        assert dp.reconfig_durations == []  # taken once, not observed again
         req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", method="POST")
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(req, timeout=5)

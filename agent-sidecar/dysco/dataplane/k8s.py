@@ -128,6 +128,7 @@ class NodeDataPlane:
         # detached pods whose sessions still run (changed in the loop thread only)
         self.leaving: dict[str, PodSpec] = {}
         self._reconfigs: dict[Key, list[int]] = collections.defaultdict(lambda: [0, 0])
+        self._durations: list[float] = []  # of finished reconfigurations, not yet taken
         # Loop-thread state: the (chain, revision) a reconfiguration we ordered moves a
         # session to (revision None: off the chain), by (pod ns, session tuple) ...
         self._moves: dict[tuple[str, Tuple4], tuple[str, int | None]] = {}
@@ -409,6 +410,12 @@ class NodeDataPlane:
     def reconfigurations(self) -> Mapping[Key, tuple[int, int]]:
         return self.runtime.call(lambda: {k: (v[0], v[1]) for k, v in self._reconfigs.items()})
 
+    def take_reconfiguration_durations(self) -> Sequence[float]:
+        def take() -> list[float]:
+            out, self._durations = self._durations, []
+            return out
+        return self.runtime.call(take)
+
     def _on_notify(self, pod: Pod, event: Event) -> None:
         """Give proxies' sessions their content delta; count finished reconfigurations
         once, at their left anchor, under the (chain, revision) they moved the session
@@ -441,6 +448,8 @@ class NodeDataPlane:
             return
         chain, revision = move
         self._reconfigs[(chain, session.revision if revision is None else revision)][slot] += 1
+        if isinstance(event, ReconfigDone):
+            self._durations.append(event.finished - event.started)
         if slot == 0 and revision is None:
             session.policy = ""
         elif slot == 0 and revision is not None and session.policy == chain:

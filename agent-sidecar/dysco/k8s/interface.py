@@ -75,6 +75,8 @@ class DataPlane(Protocol):
       before the first attach and whenever the mounted Secret changes (rotation).
     - ``sessions``: live sessions by (chain, revision), summed over the attached pods.
     - ``reconfigurations``: cumulative (done, failed) by (chain, target revision).
+    - ``take_reconfiguration_durations``: seconds each reconfiguration finished since the
+      last call took (start to done, at its left anchor); the list is emptied.
     """
 
     def attach_pod(self, pod_key: str, netns_path: str, ip: str) -> None: ...
@@ -88,6 +90,7 @@ class DataPlane(Protocol):
     def set_keys(self, keys: Mapping[int, bytes], current: int) -> None: ...
     def sessions(self) -> Mapping[tuple[str, int], int]: ...
     def reconfigurations(self) -> Mapping[tuple[str, int], tuple[int, int]]: ...
+    def take_reconfiguration_durations(self) -> Sequence[float]: ...
 
 
 class RecordingDataPlane:
@@ -101,6 +104,7 @@ class RecordingDataPlane:
         self.calls: list[tuple[str, object]] = []
         self.session_counts: dict[tuple[str, int], int] = {}
         self.reconfig_counts: dict[tuple[str, int], tuple[int, int]] = {}
+        self.reconfig_durations: list[float] = []
         self.fail_attach: set[str] = set()
         self.keys: tuple[dict[int, bytes], int] | None = None
         self.content_deltas: dict[str, tuple[int, int]] = {}
@@ -146,3 +150,7 @@ class RecordingDataPlane:
 
     def reconfigurations(self) -> Mapping[tuple[str, int], tuple[int, int]]:
         return dict(self.reconfig_counts)
+
+    def take_reconfiguration_durations(self) -> Sequence[float]:
+        out, self.reconfig_durations = self.reconfig_durations, []
+        return out
