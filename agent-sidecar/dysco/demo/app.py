@@ -300,9 +300,8 @@ def run(args: argparse.Namespace) -> int:
         _wait_for_term()
         return 0
     if args.role == "client":
-        host = os.environ.get(args.target_env, args.target) if args.target_env else args.target
-        _http(args.http, reg=reg, target=(host, args.port))
-        print(f"client: sessions go to {host}:{args.port}", flush=True)
+        _http(args.http, reg=reg, target=(args.target, args.port))
+        print(f"client: sessions go to {args.target}:{args.port}", flush=True)
         _wait_for_term()
         return 0
     box: Middlebox = (Firewall(SELF_NS, ports=(args.port,)) if args.kind == "firewall"
@@ -326,8 +325,6 @@ def add_app_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--http", type=int, default=8080, help="port of the JSON endpoint")
     p.add_argument("--rate", type=int, default=65536, help="server: bytes/s per session")
     p.add_argument("--target", default="127.0.0.1", help="client: the server's address")
-    p.add_argument("--target-env", default="",
-                   help="client: take the address from this variable (e.g. SERVER_SERVICE_HOST)")
     p.add_argument("--kind", choices=["firewall", "proxy"], default="firewall")
     p.add_argument("--drain-seconds", type=float, default=15.0,
                    help="middlebox: how long it keeps forwarding after SIGTERM")
