@@ -198,11 +198,18 @@ class Demo:
         return str(self.k.ready_pods("app=server")[0].metadata.name)
 
     def start(self, label: str, n: int) -> None:
+        """Open `n` sessions and wait until each has received bytes; on a timeout the
+        batch is stopped (so it does not load later steps) and TimeoutError raised."""
         self.k.pod_http(self.client_pod(), HTTP, "start", "POST",
                         {"label": label, "sessions": str(n), "rate": str(self.rate)})
-        wait_for(lambda: len([s for s in self.k.pod_http(
-            self.client_pod(), HTTP, "sessions", query={"label": label})["sessions"]
-            if s["received"] > 0]) == n, 60, f"{n} sessions of batch {label} moving bytes")
+        try:
+            wait_for(lambda: len([s for s in self.k.pod_http(
+                self.client_pod(), HTTP, "sessions", query={"label": label})["sessions"]
+                if s["received"] > 0]) == n, 60 + n, f"{n} sessions of batch {label} moving "
+                "bytes")
+        except TimeoutError:
+            self.k.pod_http(self.client_pod(), HTTP, "stop", "POST", {"label": label})
+            raise
 
     def finish(self, label: str, n: int) -> Verdict:
         """Stop the batch, wait for both ends to finish, verify."""
