@@ -43,10 +43,10 @@ cat <<EOF
 
 The cluster keeps running:
   eval "\$(scripts/cluster/env.sh)"            # KUBECONFIG=$KUBECONFIG, kubectl, helm
-  kubectl -n dysco-demo get servicechains -w  # sessions by revision: -o yaml | grep -A3 sessionsByRevision
+  kubectl -n dysco-demo get schain -w         # sessions by revision (BY-REVISION)
   kubectl -n dysco-demo get events --sort-by=.lastTimestamp
   kubectl -n dysco-system get --raw '/api/v1/namespaces/dysco-system/pods/\$(kubectl -n dysco-system get pod -l app.kubernetes.io/component=agent -o jsonpath={.items[0].metadata.name}):9402/proxy/metrics'
   kubectl -n dysco-system get --raw '/api/v1/namespaces/dysco-system/services/dysco-operator-metrics:9401/proxy/metrics'
-Tear down: kubectl delete namespace dysco-demo; make cluster-down
+Tear down: kubectl delete namespace dysco-demo; helm -n dysco-system uninstall dysco (before make test); make cluster-down
 EOF
 exit $status

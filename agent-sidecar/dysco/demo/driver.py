@@ -397,7 +397,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(table(rows))
         print(f"\nresult: {'all checks held' if ok else 'SOME CHECKS FAILED'}")
-        print(f"watch: kubectl -n {args.namespace} get sc {CHAIN} -w ; "
+        print(f"watch: kubectl -n {args.namespace} get schain {CHAIN} -w ; "
               f"kubectl -n {args.namespace} get events")
     return 0 if ok else 1
 
