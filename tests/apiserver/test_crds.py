@@ -132,7 +132,7 @@ def test_printer_columns(api: Any, apiserver: ApiServer) -> None:
     resp = get_table(apiserver, f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/servicechains")
     assert "cols" in [r["cells"][0] for r in resp["rows"]]
     names = [c["name"] for c in resp["columnDefinitions"] if c["priority"] == 0]
-    assert names == ["Name", "Ready", "Hops", "Sessions", "Revision", "Age"]
+    assert names == ["Name", "Ready", "Hops", "Sessions", "Revision", "By-Revision", "Age"]
 
 
 def test_node_plan_schema(api: Any) -> None:

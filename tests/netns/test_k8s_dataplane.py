@@ -112,7 +112,8 @@ def test_policies_sessions_and_rollout(lab: Lab, dp: NodeDataPlane) -> None:
         dp.set_chains([chain(lab, 1, ("fw", ("mb1", "mb3")))])
         dp.drain_instance(lab.pod("mb1").ip, time.time() + 30)
         assert wait(lambda: done(dp, 1)[0] >= 2)
-        dp.set_chains([chain(lab, 1, ("fw", ("mb3", "mb4")))])
+        # as the operator plans it: the instance going away is no longer in its hop
+        dp.set_chains([chain(lab, 1, ("fw", ("mb4",)))])
         dp.cancel_drain(lab.pod("mb1").ip)
         dp.detach_pod(key("mb1"))
         dp.drain_instance(lab.pod("mb3").ip, time.time() + 30)

@@ -158,10 +158,12 @@ class NodeDataPlane:
         self.policies: dict[str, tuple[k8s.Policy, ...]] = {}
         self.chains: dict[str, k8s.Chain] = {}
         self.draining: dict[str, float] = {}
+        self._hop_of: dict[str, tuple[str, str]] = {}  # instance IP -> (chain, hop), ever
         self.content_deltas: dict[str, tuple[int, int]] = {}  # pod ns -> (l2r, r2l)
         # detached pods whose sessions still run (changed in the loop thread only)
         self.leaving: dict[str, PodSpec] = {}
         self._reconfigs: dict[Key, list[int]] = collections.defaultdict(lambda: [0, 0])
+        self._durations: list[float] = []  # of finished reconfigurations, not yet taken
         # Loop-thread state: the (chain, revision) a reconfiguration we ordered moves a
         # session to (revision None: off the chain), by (pod ns, session tuple) ...
         self._moves: dict[tuple[str, Tuple4], tuple[str, int | None]] = {}
@@ -240,6 +242,9 @@ class NodeDataPlane:
     def set_chains(self, chains: Sequence[k8s.Chain]) -> None:
         """Middlebox side of live chain updates: edits anchored at a hop of this node."""
         old, self.chains = self.chains, {c.name: c for c in chains}
+        # the plan lists a draining instance under `draining`, no longer in its hop
+        self._hop_of.update({ip: (c.name, h.name) for c in chains for h in c.hops
+                             for ip in h.instances})
         for name, chain in self.chains.items():
             before = old.get(name)
             if before is None or not self._moves_live(before, chain):
@@ -421,8 +426,9 @@ class NodeDataPlane:
         (or to leave, if its hop is optional and has no other instance).
 
         A middlebox's sessions do not know their chain (the SYN list does not carry it),
-        so the first hop that lists `ip` serves them all: they are spread over its other
-        instances (`_edit_middlebox`, as for a hop replaced in a chain update)."""
+        so the first hop that lists `ip` (now, or before the plan moved it to the draining
+        list) serves them all: they are spread over its other instances
+        (`_edit_middlebox`, as for a hop replaced in a chain update)."""
         first = ip not in self.draining
         self.draining[ip] = deadline
         if not first:
@@ -433,7 +439,7 @@ class NodeDataPlane:
             return
         for chain in self.chains.values():
             for hop in chain.hops:
-                if ip not in hop.instances:
+                if ip not in hop.instances and self._hop_of.get(ip) != (chain.name, hop.name):
                     continue
                 others = tuple(i for i in hop.instances if i != ip and i not in self.draining)
                 if others or hop.optional:
@@ -471,6 +477,12 @@ class NodeDataPlane:
 
     def hop_failures(self) -> Mapping[str, int]:
         return self.runtime.call(lambda: dict(self._hop_failures))
+
+    def take_reconfiguration_durations(self) -> Sequence[float]:
+        def take() -> list[float]:
+            out, self._durations = self._durations, []
+            return out
+        return self.runtime.call(take)
 
     def _on_notify(self, pod: Pod, event: Event) -> None:
         """Count refused inputs by reason and sessions reset for a dead hop; give proxies'
@@ -511,6 +523,8 @@ class NodeDataPlane:
             return
         chain, revision = move
         self._reconfigs[(chain, session.revision if revision is None else revision)][slot] += 1
+        if isinstance(event, ReconfigDone):
+            self._durations.append(event.finished - event.started)
         if slot == 0 and revision is None:
             session.policy = ""
         elif slot == 0 and revision is not None and session.policy == chain:

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .interface import DataPlane
@@ -130,6 +130,11 @@ class NodeAgent:
                               ["result"], registry=self.registry)
         self.m_watch = Counter("dysco_agent_watch_restarts_total",
                                "Plan watch (re)starts.", registry=self.registry)
+        self.m_reconfig_seconds = Histogram(
+            "dysco_reconfiguration_duration_seconds",
+            "Time from the start of a session reconfiguration to its completion (left anchor).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry)
         self.registry.register(_StatsCollector(self))
 
     # ------------------------------------------------------------------ watcher thread
@@ -225,6 +230,8 @@ class NodeAgent:
         self.last_reconfigs = dict(self.dataplane.reconfigurations())
         self.last_rejections = dict(self.dataplane.rejections())
         self.last_hop_failures = dict(self.dataplane.hop_failures())
+        for seconds in self.dataplane.take_reconfiguration_durations():
+            self.m_reconfig_seconds.observe(seconds)
         if plan is not None and revision is not None:
             self._report(plan, revision)
 

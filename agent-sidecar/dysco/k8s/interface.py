@@ -79,6 +79,8 @@ class DataPlane(Protocol):
       unauthenticated input); ``limits``: the resource limits in force, by name.
     - ``hop_failures``: cumulative session ends reset because a hop of their path died,
       by how the end learnt it ("detected": no acks; "aborted": told by the other end).
+    - ``take_reconfiguration_durations``: seconds each reconfiguration finished since the
+      last call took (start to done, at its left anchor); the list is emptied.
     """
 
     def attach_pod(self, pod_key: str, netns_path: str, ip: str) -> None: ...
@@ -95,6 +97,7 @@ class DataPlane(Protocol):
     def rejections(self) -> Mapping[str, int]: ...
     def limits(self) -> Mapping[str, float]: ...
     def hop_failures(self) -> Mapping[str, int]: ...
+    def take_reconfiguration_durations(self) -> Sequence[float]: ...
 
 
 class RecordingDataPlane:
@@ -110,6 +113,7 @@ class RecordingDataPlane:
         self.reconfig_counts: dict[tuple[str, int], tuple[int, int]] = {}
         self.rejection_counts: dict[str, int] = {}
         self.hop_failure_counts: dict[str, int] = {}
+        self.reconfig_durations: list[float] = []
         self.fail_attach: set[str] = set()
         self.keys: tuple[dict[int, bytes], int] | None = None
         self.content_deltas: dict[str, tuple[int, int]] = {}
@@ -164,3 +168,7 @@ class RecordingDataPlane:
 
     def hop_failures(self) -> Mapping[str, int]:
         return dict(self.hop_failure_counts)
+
+    def take_reconfiguration_durations(self) -> Sequence[float]:
+        out, self.reconfig_durations = self.reconfig_durations, []
+        return out
