@@ -103,17 +103,6 @@ def test_agent_metrics_count_sessions_and_reconfigurations(demo: Demo) -> None:
     assert count and float(count[0].split()[-1]) > 0, count
 
 
-def test_hundred_sessions_through_one_chain_during_a_rollout(demo: Demo) -> None:
-    # back to a live chain through fw only, so this measures the rollout alone
-    demo.k.patch_chain(CHAIN, {"updatePolicy": "live", "hops": [demo.hop("fw")]})
-    demo.wait_applied()
-    demo.sessions, demo.rate = 100, 4096
-    try:
-        passed(demo.step_rollout())
-    finally:
-        demo.sessions, demo.rate = 3, 32768
-
-
 def test_operator_killed_during_rollout_the_rollout_completes(demo: Demo) -> None:
     ops = Kube(SYSTEM_NS, str(KUBECONFIG))
 
