@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -276,3 +277,43 @@ def test_proxy_hop_replaced(lab: Lab, dp: NodeDataPlane) -> None:
     assert done(dp, 2) == (2, 0)
     assert dp.sessions() == {} or set(dp.sessions()) == {(CHAIN, 2)}
     assert packets(dp, lab, "mb3") > 0
+
+
+def test_agent_restart_carries_live_sessions_on(lab: Lab, tmp_path: Path) -> None:
+    """A stopping agent (SIGTERM: restart, rolling upgrade) leaves each pod's core state
+    in its state directory and its rules in place; the next agent attaches the same pods
+    and carries the live chained sessions on: no reset, SHA-256 equal at both ends."""
+    planes = [NodeDataPlane(state_dir=str(tmp_path))]
+    seen: dict[str, Any] = {}
+
+    def start(plane: NodeDataPlane) -> None:
+        plane.set_keys({7: b"k" * 32}, 7)
+        attach(plane, lab, "client", "server", "mb1")
+        apply(plane, lab, chain(lab, 1, ("fw", ("mb1",))))
+
+    def restart() -> None:
+        under_way(planes[0], lab)
+        seen["saved"] = planes[0].suspend()
+        seen["files"] = len(list(tmp_path.glob("*.json")))
+        time.sleep(0.3)  # the gap: the pods' packets are dropped, TCP retransmits
+        planes.append(NodeDataPlane(state_dir=str(tmp_path)))
+        start(planes[1])
+        seen["restored"] = planes[1].restored
+        seen["sessions"] = dict(planes[1].sessions())
+
+    start(planes[0])
+    try:
+        result = scenarios.transfer(lab, "client", "server", PACED, during=restart)
+        # still chained: a fresh agent would let the sessions' packets pass unrewritten,
+        # straight from client to server, past the firewall
+        seen["mb1"] = packets(planes[1], lab, "mb1")
+    finally:
+        for plane in reversed(planes):
+            plane.close()
+    assert result["ok"], result["failures"]
+    assert seen["mb1"] > 100
+    assert seen["saved"] == seen["files"] == seen["restored"] == 3
+    assert seen["sessions"] == {(CHAIN, 1): 2}
+    assert not list(tmp_path.glob("*.json"))  # taken by the successor
+    for pod in lab.pods():
+        assert not rules.Interception(pod.name, planes[1].runtime.variant).listing()

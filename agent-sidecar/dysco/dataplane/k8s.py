@@ -27,14 +27,18 @@ import collections
 import dataclasses
 import difflib
 import functools
+import hashlib
+import json
 import logging
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from dysco.core import Agent, AgentConfig, Hop, Policy, Selector
+from dysco.core import Agent, AgentConfig, Hop, Policy, Selector, persist
 from dysco.core import commands as cmd
 from dysco.core.events import (
     Event,
@@ -52,6 +56,9 @@ from . import netns
 from .runtime import Pod, PodSpec, Runtime, int_to_ip, ip_to_int, port_start
 
 log = logging.getLogger(__name__)
+
+# A restart gap longer than this is no restart: the sessions' peers have given up.
+STATE_MAX_AGE = 600.0
 Key = tuple[str, int]
 SWEEP_INTERVAL = 1.0  # seconds between checks whether a detached pod's sessions ended
 RESET_BATCH = 64  # sessions per `ss -K` call
@@ -146,8 +153,13 @@ def _open(s: Session) -> bool:
 class NodeDataPlane:
     """All pods of one node, served by one runtime thread."""
 
-    def __init__(self, backend: str = "raw", limits: Mapping[str, float] | None = None) -> None:
+    def __init__(self, backend: str = "raw", limits: Mapping[str, float] | None = None,
+                 state_dir: str | None = None) -> None:
         self._limits = dict(limits or {})
+        # where `suspend` leaves each pod's core state for the next agent (node tmpfs)
+        self.state_dir = Path(state_dir) if state_dir else None
+        self.restored = 0  # pods whose state a predecessor left and we carried on from
+        self._drop_stale_state()
         self._rejected: collections.Counter[str] = collections.Counter()
         self._hop_failures: collections.Counter[str] = collections.Counter()
         self.keys: tuple[tuple[int, bytes], ...] = ()
@@ -190,11 +202,70 @@ class NodeDataPlane:
         self.runtime.close()
 
     def _agent(self, spec: PodSpec) -> Agent:
-        """A pod's core, with the control-message keys known at attach time."""
-        return Agent(AgentConfig(address=ip_to_int(spec.address),
-                                 control_port=self.runtime.control_port,
-                                 keys=self.keys, current_key=self.current_key,
-                                 port_start=port_start(), **self._limits))  # type: ignore[arg-type]
+        """A pod's core, with the control-message keys known at attach time; it carries
+        on from the state a predecessor left for this pod, if any (see `suspend`)."""
+        config = AgentConfig(address=ip_to_int(spec.address),
+                             control_port=self.runtime.control_port,
+                             keys=self.keys, current_key=self.current_key,
+                             port_start=port_start(), **self._limits)  # type: ignore[arg-type]
+        path = self._state_file(spec)
+        if path is None or not path.exists():
+            return Agent(config)
+        try:
+            agent = persist.restore(config, json.loads(path.read_text()), self.runtime.clock())
+        except (OSError, ValueError) as exc:  # SnapshotError is a ValueError too
+            log.warning("%s: state left by the previous agent not used: %s", spec.ns, exc)
+            agent = Agent(config)
+        else:
+            self.restored += 1
+            log.info("%s: carried on with %d sessions of the previous agent", spec.ns,
+                     len(agent.sessions))
+        path.unlink(missing_ok=True)
+        return agent
+
+    def _drop_stale_state(self) -> None:
+        """Forget state older than `STATE_MAX_AGE` (its pods are gone, or their sessions
+        idled out): it would never be taken and would pile up in the node's /run."""
+        if self.state_dir is None or not self.state_dir.is_dir():
+            return
+        for path in self.state_dir.glob("*.json"):
+            try:
+                if time.time() - path.stat().st_mtime > STATE_MAX_AGE:
+                    path.unlink()
+            except OSError as exc:
+                log.warning("%s: %s", path, exc)
+
+    def _state_file(self, spec: PodSpec) -> Path | None:
+        if self.state_dir is None:
+            return None
+        name = hashlib.sha256(f"{spec.ns}|{spec.address}".encode()).hexdigest()[:32]
+        return self.state_dir / f"{name}.json"
+
+    def suspend(self) -> int:
+        """Stop for a successor: each attached pod's queues and sockets close but its
+        rules stay (no queue bypass: its TCP packets are dropped, never let through
+        unrewritten), and its core's snapshot goes to `state_dir` for the next agent."""
+        self._stop.set()
+        self._sweeper.join()
+
+        def save() -> int:
+            saved = 0
+            for ns, pod in list(self.runtime.pods.items()):
+                path = self._state_file(pod.spec)
+                processor = self.runtime.suspend_pod(ns)
+                if path is None or not isinstance(processor, Agent):
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(persist.snapshot(processor)))
+                tmp.replace(path)
+                saved += 1
+            return saved
+        saved = self.runtime.call(save)
+        self.runtime.stop()
+        self._thread.join()
+        log.info("suspended: state of %d pods left in %s", saved, self.state_dir)
+        return saved
 
     def set_keys(self, keys: Mapping[int, bytes], current: int) -> None:
         """New keys for pods attached later, and a `SetKeys` for those attached now."""
@@ -547,6 +618,7 @@ def _reset(ns: str, sessions: Sequence[Tuple4]) -> None:
 def create_dataplane() -> NodeDataPlane:
     """Entry point for ``dysco k8s agent --dataplane dysco.dataplane.k8s:create_dataplane``;
     ``DYSCO_NFQ_BACKEND`` picks the NFQUEUE backend (raw, binding), `LIMIT_ENV` the
-    limits."""
+    limits, ``DYSCO_STATE_DIR`` where sessions' state waits for the next agent."""
     return NodeDataPlane(backend=os.environ.get("DYSCO_NFQ_BACKEND", "raw"),
-                         limits=limits_from_env(os.environ))
+                         limits=limits_from_env(os.environ),
+                         state_dir=os.environ.get("DYSCO_STATE_DIR") or None)

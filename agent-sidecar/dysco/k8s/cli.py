@@ -90,8 +90,9 @@ def run_agent(args: argparse.Namespace) -> int:
         config.load_kube_config(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
     else:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
+    dataplane = load_dataplane(args.dataplane)
     agent = NodeAgent(
-        args.node_name, client.CustomObjectsApi(), load_dataplane(args.dataplane),
+        args.node_name, client.CustomObjectsApi(), dataplane,
         make_resolver(args.netns_resolver),
         agent_id=os.environ.get("POD_NAME", socket.gethostname()),
         status_interval=args.status_interval,
@@ -109,4 +110,6 @@ def run_agent(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.shutdown()
+        # SIGTERM (restart, rolling upgrade): the next agent on this node carries on
+        dataplane.suspend()
     return 0

@@ -81,6 +81,10 @@ class DataPlane(Protocol):
       by how the end learnt it ("detected": no acks; "aborted": told by the other end).
     - ``take_reconfiguration_durations``: seconds each reconfiguration finished since the
       last call took (start to done, at its left anchor); the list is emptied.
+    - ``suspend``: the agent is stopping for a successor on this node (restart, rolling
+      upgrade): keep intercepting rules in place (packets are dropped, never passed
+      unrewritten, until the successor attaches) and leave the sessions' state where the
+      successor's ``attach_pod`` restores it; returns how many pods were saved.
     """
 
     def attach_pod(self, pod_key: str, netns_path: str, ip: str) -> None: ...
@@ -98,6 +102,7 @@ class DataPlane(Protocol):
     def limits(self) -> Mapping[str, float]: ...
     def hop_failures(self) -> Mapping[str, int]: ...
     def take_reconfiguration_durations(self) -> Sequence[float]: ...
+    def suspend(self) -> int: ...
 
 
 class RecordingDataPlane:
@@ -172,3 +177,7 @@ class RecordingDataPlane:
     def take_reconfiguration_durations(self) -> Sequence[float]:
         out, self.reconfig_durations = self.reconfig_durations, []
         return out
+
+    def suspend(self) -> int:
+        self.calls.append(("suspend", ()))
+        return len(self.pods)
