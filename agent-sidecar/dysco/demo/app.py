@@ -33,7 +33,7 @@ from types import FrameType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from dysco.lab.tcpio import SessionResult, error_name
+from dysco.lab.tcpio import SessionResult, error_name, recv_exact
 from dysco.middleboxes import Middlebox
 from dysco.middleboxes.firewall import Firewall
 from dysco.middleboxes.proxy import Proxy
@@ -123,17 +123,6 @@ def read_prefix(sock: socket.socket) -> tuple[bytes, bytes]:
             break
         head += part
     return head, b""
-
-
-def recv_exact(sock: socket.socket, n: int, first: bytes = b"") -> bytes:
-    """At least `n` bytes: `first` and what it takes to complete them."""
-    data = first
-    while len(data) < n:
-        part = sock.recv(n - len(data))
-        if not part:
-            raise ConnectionError("closed before the session token arrived")
-        data += part
-    return data
 
 
 class Registry:

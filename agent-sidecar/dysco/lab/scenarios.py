@@ -7,12 +7,13 @@ or a checksum error while it ran.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -436,26 +437,36 @@ def _many(lab: Lab, opts: Options) -> dict[str, Any]:
     return _expect_moves(r, ("mb1",), ("mb3",))
 
 
+@contextlib.contextmanager
+def _cut_off(lab: Lab, short: str) -> Iterator[Callable[[], None]]:
+    """A function that kills pod `short` as a dead pod looks from outside: its node drops
+    everything to and from it. The drop rules are removed when the block ends."""
+    pod = lab.pod(short)
+    node = lab.node_ns(pod.node)
+    ipt = detect_variant().binary()
+    rules = [["FORWARD", "-d", pod.ip, "-j", "DROP"], ["FORWARD", "-s", pod.ip, "-j", "DROP"]]
+
+    def kill() -> None:
+        for rule in rules:
+            netns.run(node, [ipt, "-w", "-I", *rule])
+    try:
+        yield kill
+    finally:
+        for rule in rules:
+            while netns.run(node, [ipt, "-w", "-D", *rule], check=False).returncode == 0:
+                continue
+
+
 def _kill_new(lab: Lab, opts: Options) -> dict[str, Any]:
     """Insert mb2 and kill it as the order is given (its node drops everything to and
     from it, as for a dead pod): the new path's SYN gets no answer, the core cancels
     after its retries and the sessions finish on the direct path."""
-    pod = lab.pod("mb2")
-    node = lab.node_ns(pod.node)
-    ipt = detect_variant().binary()
-    kill = [["FORWARD", "-d", pod.ip, "-j", "DROP"], ["FORWARD", "-s", pod.ip, "-j", "DROP"]]
-
-    def go(agents: LabAgents, boxes: dict[str, Middlebox]) -> dict[str, Any]:
-        for rule in kill:
-            netns.run(node, [ipt, "-w", "-I", *rule])
-        return agents.order(Order(op="insert", at="client", hops=("mb2",), wait=20.0))
-    try:
+    with _cut_off(lab, "mb2") as kill:
+        def go(agents: LabAgents, boxes: dict[str, Middlebox]) -> dict[str, Any]:
+            kill()
+            return agents.order(Order(op="insert", at="client", hops=("mb2",), wait=20.0))
         r = _dysco(lab, opts, hops=[], spare=("mb2",), boxes={"mb2": _fw}, reconfig=go,
                    expect_failure=True)
-    finally:
-        for rule in kill:
-            while netns.run(node, [ipt, "-w", "-D", *rule], check=False).returncode == 0:
-                pass
     if _saw(r["middleboxes"].get("mb2", {})):
         r["failures"].append(f"the dead mb2 forwarded traffic: {r['middleboxes']['mb2']}")
         r["ok"] = False
@@ -521,23 +532,13 @@ def _dead_middlebox(lab: Lab, opts: Options) -> dict[str, Any]:
     """mb1 dies mid-transfer (its node drops everything to and from it): both ends'
     agents see no acks for `DEAD_HOP_TIMEOUT` s and reset the sessions at both ends
     (RST to the apps, ABORT to the other end), long before the sockets would time out."""
-    pod = lab.pod("mb1")
-    node = lab.node_ns(pod.node)
-    ipt = detect_variant().binary()
-    kill = [["FORWARD", "-d", pod.ip, "-j", "DROP"], ["FORWARD", "-s", pod.ip, "-j", "DROP"]]
-
-    def go(agents: LabAgents, boxes: dict[str, Middlebox]) -> dict[str, Any]:
-        for rule in kill:
-            netns.run(node, [ipt, "-w", "-I", *rule])
-        return {"killed_at": time.monotonic()}
     start = time.monotonic()
-    try:
+    with _cut_off(lab, "mb1") as kill:
+        def go(agents: LabAgents, boxes: dict[str, Middlebox]) -> dict[str, Any]:
+            kill()
+            return {"killed_at": time.monotonic()}
         r = _dysco(lab, opts, hops=["mb1"], boxes={"mb1": _fw}, reconfig=go,
                    reconfigures=False, config={"hop_timeout": DEAD_HOP_TIMEOUT})
-    finally:
-        for rule in kill:
-            while netns.run(node, [ipt, "-w", "-D", *rule], check=False).returncode == 0:
-                pass
     # resets are the point here: judge by what each end saw, not by the usual checks
     failures = [f for f in r["failures"] if f.startswith("middlebox") or "opened" in f]
     if "at_start" not in (r.get("client_packets") or {}):

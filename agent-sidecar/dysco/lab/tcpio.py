@@ -124,8 +124,9 @@ def receive_stream(sock: socket.socket, res: SessionResult, prog: Progress,
     res.sha_received = sha.hexdigest()
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
+def recv_exact(sock: socket.socket, n: int, first: bytes = b"") -> bytes:
+    """At least `n` bytes: `first` and what it takes to complete them."""
+    data = first
     while len(data) < n:
         part = sock.recv(n - len(data))
         if not part:
