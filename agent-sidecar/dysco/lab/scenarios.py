@@ -118,6 +118,11 @@ def transfer(lab: Lab, client: str, server: str, opts: Options, *,
     for ns, d in deltas.items():
         failures += [f"{ns}: {k} +{v}" for k, v in d.items() if k in _RESET_COUNTERS]
     moved = 2 * opts.bytes * opts.sessions
+    slow = sorted(({"session": i, "side": side, "gap_s": r["max_gap_s"], "dir": r.get("gap_dir"),
+                    "ended_s": round(r["max_gap_end"] - start, 3)}
+                   for side, doc in (("client", client_doc), ("server", server_doc))
+                   for i, r in enumerate(doc["sessions"]) if r["max_gap_s"] > SLOW_S),
+                  key=lambda d: -d["gap_s"])
     errors = [r["error"] for r in client_doc["sessions"] + server_doc["sessions"]]
     return {"ok": not failures, "failures": failures, "client": client, "server": server,
             "errors": errors,
@@ -126,7 +131,8 @@ def transfer(lab: Lab, client: str, server: str, opts: Options, *,
             "connect_ms": client_doc.get("connect_ms", []),
             "max_gap_s": max([s["max_gap_s"] for s in client_doc["sessions"]
                               + server_doc["sessions"]], default=0.0),
-            "counters": {ns: d for ns, d in deltas.items() if d}}
+            "counters": {ns: d for ns, d in deltas.items() if d},
+            "started_at": start, "slow": slow[:SLOW_LISTED], "slow_count": len(slow)}
 
 
 def _parse(stdout: str, role: str) -> dict[str, Any]:
@@ -169,8 +175,14 @@ def check(client: dict[str, Any], server: dict[str, Any], opts: Options,
 
 
 def _plain(lab: Lab, opts: Options) -> dict[str, Any]:
-    return transfer(lab, "client", "server", opts)
+    result = transfer(lab, "client", "server", opts)
+    del result["started_at"]
+    return result
 
+
+# sessions with a gap longer than this are listed in a result (a stall's timeline)
+SLOW_S = 1.0
+SLOW_LISTED = 20
 
 BoxFactory = Callable[[str], Middlebox]
 RECONFIG_AFTER_PACKETS = 300
@@ -234,6 +246,7 @@ def _dysco(lab: Lab, opts: Options, *, hops: list[str], spare: tuple[str, ...] =
                     return
                 marks["at_start"] = client_packets()
                 marks["boxes_before"] = {k: b.counters() for k, b in running.items()}
+                marks["order_t"] = time.monotonic()
                 marks["order"] = reconfig(agents, running)
                 if reconfigures and _wait_for(
                         lambda: agents.notifications()["ReconfigDone"] > 0
@@ -253,6 +266,9 @@ def _dysco(lab: Lab, opts: Options, *, hops: list[str], spare: tuple[str, ...] =
         finally:
             counts = {short: box.stop() for short, box in running.items()}
     result["middleboxes"] = counts
+    started_at = result.pop("started_at")
+    if "order_t" in marks:
+        result["order_at_s"] = round(marks["order_t"] - started_at, 3)
     failures: list[str] = result["failures"]
     if opened == 0:
         failures.append("no Dysco session was opened")

@@ -7,6 +7,12 @@ first 8 bytes the client sends are a random session token; the server reports it
 sessions are paired even through NAT. A direction that makes no progress for longer
 than `STALL_S` is reported as a stall, and a reset as the error "ECONNRESET".
 
+All sessions of one process run in one thread on non-blocking sockets (`selectors`):
+with a thread per direction, 200 sessions meant 400 threads contending for the GIL on
+the same CPUs as the agents, and a blocking `sendall` of a whole chunk counted as one
+step, so a sender waiting its fair share of a shared path looked stalled. Progress is
+now every byte the kernel accepts or delivers.
+
 Run inside a namespace as ``python -m dysco.lab.tcpio server|client ...``; the result
 is one JSON document on stdout (the server first prints ``READY`` once listening).
 """
@@ -17,16 +23,19 @@ import argparse
 import hashlib
 import json
 import random
+import selectors
 import socket
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
 
 STALL_S = 2.0
 TOKEN_LEN = 8
 _CHUNK = 256 * 1024
+# A paced sender sends a chunk every `PACE_STEP` s (well under the stall limit),
+# starting at a random point of the first step: per-packet work is what the agents
+# pay for, and 200 sessions sending in step would reach their queues in bursts.
+PACE_STEP = 0.5
 _POOL = random.Random(2016).randbytes(4 * 1024 * 1024 + 4099)
 _POOL_WRAP = _POOL + _POOL[:_CHUNK]
 
@@ -44,27 +53,25 @@ class SessionResult:
     max_gap_s: float = 0.0   # longest time a direction made no progress
     max_gap_end: float = 0.0  # when it ended: time.monotonic(), which every namespace
                               # of the host shares, so it lines up with agent traces
+    gap_dir: str = ""        # the direction of that gap: "send" or "receive"
     stalled: bool = False
     error: str | None = None
     prefix: str = ""         # hex of the `skip` bytes a middlebox put before the stream
 
 
 class Progress:
-    """Last time each direction moved, for the stall detector."""
+    """Last time a direction moved, and its longest gap so far (the stall detector)."""
 
-    def __init__(self) -> None:
-        self.last = time.monotonic()
+    def __init__(self, now: float) -> None:
+        self.last = now
         self.max_gap = 0.0
         self.max_gap_end = 0.0
-        self.lock = threading.Lock()
 
-    def tick(self) -> None:
-        now = time.monotonic()
-        with self.lock:
-            if now - self.last > self.max_gap:
-                self.max_gap = now - self.last
-                self.max_gap_end = now
-            self.last = now
+    def tick(self, now: float) -> None:
+        if now - self.last > self.max_gap:
+            self.max_gap = now - self.last
+            self.max_gap_end = now
+        self.last = now
 
 
 def error_name(exc: OSError) -> str:
@@ -73,55 +80,6 @@ def error_name(exc: OSError) -> str:
     if isinstance(exc, TimeoutError | socket.timeout):
         return "TIMEOUT"
     return f"{type(exc).__name__}: {exc}"
-
-
-def send_stream(sock: socket.socket, token: bytes, nbytes: int, lead: bytes,
-                res: SessionResult, prog: Progress, rate: int = 0) -> None:
-    """Send `nbytes`; `rate` > 0 paces the sending to that many bytes per second."""
-    sha = hashlib.sha256()
-    chunk_max = _CHUNK if rate <= 0 else max(1024, min(_CHUNK, rate // 20))
-    start = time.monotonic()
-    pos = int.from_bytes(hashlib.sha256(token).digest()[:4], "big") % len(_POOL)
-    view = memoryview(_POOL_WRAP)
-    try:
-        if lead:
-            sock.sendall(lead)
-            sha.update(lead)
-            res.sent += len(lead)
-        while res.sent < nbytes:
-            if rate > 0:
-                ahead = res.sent / rate - (time.monotonic() - start)
-                if ahead > 0:
-                    time.sleep(ahead)
-            n = min(chunk_max, nbytes - res.sent)
-            chunk = view[pos:pos + n]
-            sock.sendall(chunk)
-            sha.update(chunk)
-            res.sent += n
-            pos = (pos + n) % len(_POOL)
-            prog.tick()
-        sock.shutdown(socket.SHUT_WR)
-    except OSError as exc:
-        res.error = res.error or error_name(exc)
-    res.sha_sent = sha.hexdigest()
-
-
-def receive_stream(sock: socket.socket, res: SessionResult, prog: Progress,
-                   first: bytes = b"") -> None:
-    sha = hashlib.sha256(first)
-    res.received = len(first)
-    buf = bytearray(_CHUNK)
-    try:
-        while True:
-            n = sock.recv_into(buf)
-            if n == 0:
-                break
-            sha.update(memoryview(buf)[:n])
-            res.received += n
-            prog.tick()
-    except OSError as exc:
-        res.error = res.error or error_name(exc)
-    res.sha_received = sha.hexdigest()
 
 
 def recv_exact(sock: socket.socket, n: int, first: bytes = b"") -> bytes:
@@ -135,67 +93,181 @@ def recv_exact(sock: socket.socket, n: int, first: bytes = b"") -> bytes:
     return data
 
 
-def exchange(sock: socket.socket, nbytes: int, *, is_client: bool, timeout: float,
-             skip: int = 0, rate: int = 0) -> SessionResult:
-    """Send and receive `nbytes` at once on a connected socket; close it at the end.
+def _pool_start(token: bytes) -> int:
+    return int.from_bytes(hashlib.sha256(token).digest()[:4], "big") % len(_POOL)
 
-    The first `skip` received bytes are not part of the stream (a proxy's banner):
-    they are reported as `prefix` and left out of the count and the hash."""
-    res = SessionResult(local="{}:{}".format(*sock.getsockname()),
-                        peer="{}:{}".format(*sock.getpeername()))
-    sock.settimeout(timeout)
-    start = time.monotonic()
-    prog = [Progress(), Progress()]
-    first = b""
-    sender: threading.Thread | None = None
-    try:
+
+class _Session:
+    """One connected socket moving `nbytes` each way; driven by `run_sessions`.
+
+    Receiving: the first `skip` bytes are a middlebox's prefix (reported, not counted);
+    a server then reads the client's token, which starts its stream. Sending: a client
+    sends its token first; both then send pool bytes from a token-derived offset,
+    paced to `rate` bytes/s when it is > 0."""
+
+    def __init__(self, sock: socket.socket, nbytes: int, *, is_client: bool, skip: int,
+                 rate: int, now: float) -> None:
+        self.sock = sock
+        self.res = SessionResult(local="{}:{}".format(*sock.getsockname()),
+                                 peer="{}:{}".format(*sock.getpeername()))
+        sock.setblocking(False)
+        self.nbytes, self.skip, self.rate, self.start = nbytes, skip, rate, now
+        self.chunk = _CHUNK if rate <= 0 else max(1024, min(_CHUNK, int(rate * PACE_STEP)))
+        self.sha_out, self.sha_in = hashlib.sha256(), hashlib.sha256()
+        self.head = bytearray()          # prefix (and a server's token) not yet complete
+        self.lead = b""                  # bytes to send before the pool (client token)
+        self.pos = -1                    # pool offset; -1 until the token is known
+        self.paced_from = now + random.uniform(0, PACE_STEP)  # a server: from the token
         if is_client:
             token = random.randbytes(TOKEN_LEN)
-            sender = threading.Thread(target=send_stream,
-                                      args=(sock, token, nbytes, token, res, prog[0],
-                                            rate))
-            sender.start()
-            res.prefix = recv_exact(sock, skip).hex()
+            self.res.token, self.lead, self.pos = token.hex(), token, _pool_start(token)
+        self.is_client = is_client
+        self.sending = self.receiving = True
+        self.progress = (Progress(now), Progress(now))  # send, receive
+
+    @property
+    def open(self) -> bool:
+        return self.sending or self.receiving
+
+    def send_at(self) -> float | None:
+        """When this session may send next (None: nothing to send yet or any more)."""
+        if not self.sending or self.pos < 0:
+            return None
+        return self.paced_from + self.res.sent / self.rate if self.rate > 0 else 0.0
+
+    def on_writable(self, now: float) -> None:
+        res = self.res
+        if self.lead:
+            data = memoryview(self.lead)
         else:
-            res.prefix = recv_exact(sock, skip).hex()
-            token = first = recv_exact(sock, TOKEN_LEN)
-            sender = threading.Thread(target=send_stream,
-                                      args=(sock, token, nbytes, b"", res, prog[0], rate))
-            sender.start()
-        res.token = token.hex()
-        receive_stream(sock, res, prog[1], first)
-    except OSError as exc:
-        res.error = error_name(exc)
-    finally:
-        if sender is not None:
-            sender.join()
-        sock.close()
-    res.seconds = round(time.monotonic() - start, 4)
-    worst = max(prog, key=lambda p: p.max_gap)
-    res.max_gap_s = round(worst.max_gap, 3)
-    res.max_gap_end = round(worst.max_gap_end, 3)
-    res.stalled = res.max_gap_s > STALL_S
-    return res
+            data = memoryview(_POOL_WRAP)[self.pos:self.pos + min(self.chunk,
+                                                                  self.nbytes - res.sent)]
+        n = self.sock.send(data)
+        self.sha_out.update(data[:n])
+        res.sent += n
+        if self.lead:
+            self.lead = self.lead[n:]
+        else:
+            self.pos = (self.pos + n) % len(_POOL)
+        self.progress[0].tick(now)
+        if res.sent >= self.nbytes:
+            self.sock.shutdown(socket.SHUT_WR)
+            self.sending = False
+            res.sha_sent = self.sha_out.hexdigest()
+
+    def on_readable(self, buf: bytearray, now: float) -> None:
+        res = self.res
+        n = self.sock.recv_into(buf)
+        if n == 0:
+            if len(self.head) < self.skip + (0 if self.is_client else TOKEN_LEN):
+                raise ConnectionError("closed before the session token arrived")
+            self.receiving = False
+            res.sha_received = self.sha_in.hexdigest()
+            return
+        self.progress[1].tick(now)
+        data = memoryview(buf)[:n]
+        need = self.skip + (0 if self.is_client else TOKEN_LEN)
+        if len(self.head) < need:
+            take = min(need - len(self.head), n)
+            self.head += data[:take]
+            data = data[take:]
+            if len(self.head) < need:
+                return
+            res.prefix = bytes(self.head[:self.skip]).hex()
+            if not self.is_client:
+                token = bytes(self.head[self.skip:])
+                res.token, self.pos = token.hex(), _pool_start(token)
+                self.paced_from = now + random.uniform(0, PACE_STEP)
+                self.sha_in.update(token)
+                res.received += TOKEN_LEN
+        self.sha_in.update(data)
+        res.received += len(data)
+
+    def fail(self, exc: OSError) -> None:
+        self.res.error = self.res.error or error_name(exc)
+        self.sending = self.receiving = False
+
+    def finish(self, now: float) -> SessionResult:
+        self.sock.close()
+        res = self.res
+        res.sha_sent = res.sha_sent or self.sha_out.hexdigest()
+        res.sha_received = res.sha_received or self.sha_in.hexdigest()
+        res.seconds = round(now - self.start, 4)
+        worst = max(self.progress, key=lambda p: p.max_gap)
+        res.gap_dir = "send" if worst is self.progress[0] else "receive"
+        res.max_gap_s = round(worst.max_gap, 3)
+        res.max_gap_end = round(worst.max_gap_end, 3)
+        res.stalled = res.max_gap_s > STALL_S
+        return res
 
 
-def _run_sessions(socks: list[socket.socket], nbytes: int, is_client: bool,
-                  timeout: float, skip: int, rate: int = 0) -> list[SessionResult]:
-    results: list[SessionResult] = [SessionResult() for _ in socks]
+def run_sessions(socks: list[socket.socket], nbytes: int, is_client: bool,
+                 timeout: float, skip: int = 0, rate: int = 0) -> list[SessionResult]:
+    """Move `nbytes` each way on every socket at once, in this thread; close them.
 
-    def one(i: int) -> None:
-        results[i] = exchange(socks[i], nbytes, is_client=is_client, timeout=timeout,
-                              skip=skip, rate=rate)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(socks))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
+    A direction that makes no progress for `timeout` s ends its session with the
+    error "TIMEOUT"."""
+    now = time.monotonic()
+    sessions = [_Session(s, nbytes, is_client=is_client, skip=skip, rate=rate, now=now)
+                for s in socks]
+    results: list[SessionResult | None] = [None] * len(sessions)
+    sel = selectors.DefaultSelector()
+    events: dict[int, int] = {}
+    buf = bytearray(_CHUNK)
+    while any(r is None for r in results):
+        now = time.monotonic()
+        wait = 0.2
+        for i, s in enumerate(sessions):
+            if results[i] is not None:
+                continue
+            if not s.open:
+                if events.pop(i, None) is not None:
+                    sel.unregister(s.sock)
+                results[i] = s.finish(now)
+                continue
+            stuck = [p for p, active in zip(s.progress, (s.sending, s.receiving), strict=True)
+                     if active and now - p.last > timeout]
+            if stuck:
+                s.fail(TimeoutError())
+                continue
+            want = selectors.EVENT_READ if s.receiving else 0
+            at = s.send_at()
+            if at is not None:
+                if at <= now:
+                    want |= selectors.EVENT_WRITE
+                else:
+                    wait = min(wait, at - now)
+            if events.get(i, 0) != want:
+                if not want:
+                    sel.unregister(s.sock)
+                    del events[i]
+                else:
+                    if i in events:
+                        sel.modify(s.sock, want, i)
+                    else:
+                        sel.register(s.sock, want, i)
+                    events[i] = want
+        if not events:
+            time.sleep(max(0.0, wait))
+            continue
+        for key, mask in sel.select(wait):
+            s = sessions[key.data]
+            now = time.monotonic()
+            try:
+                if mask & selectors.EVENT_READ and s.receiving:
+                    s.on_readable(buf, now)
+                if mask & selectors.EVENT_WRITE and s.sending:
+                    s.on_writable(now)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                s.fail(exc)
+    sel.close()
+    return [r for r in results if r is not None]
 
 
 def serve(bind: str, port: int, sessions: int, nbytes: int, timeout: float,
-          skip: int = 0, rate: int = 0) -> dict[str, Any]:
+          skip: int = 0, rate: int = 0) -> dict[str, object]:
     """Accept `sessions` connections and run them all at once."""
     listener = socket.create_server((bind, port), backlog=max(16, sessions))
     listener.settimeout(timeout)
@@ -210,12 +282,12 @@ def serve(bind: str, port: int, sessions: int, nbytes: int, timeout: float,
         return {"role": "server", "error": error_name(exc), "sessions": []}
     finally:
         listener.close()
-    results = _run_sessions(socks, nbytes, False, timeout, skip, rate)
+    results = run_sessions(socks, nbytes, False, timeout, skip, rate)
     return {"role": "server", "error": None, "sessions": [asdict(r) for r in results]}
 
 
 def connect(host: str, port: int, sessions: int, nbytes: int, timeout: float,
-            skip: int = 0, rate: int = 0) -> dict[str, Any]:
+            skip: int = 0, rate: int = 0) -> dict[str, object]:
     """Open `sessions` connections, timing each connect(), then run them all at once."""
     socks, connect_ms = [], []
     try:
@@ -227,7 +299,7 @@ def connect(host: str, port: int, sessions: int, nbytes: int, timeout: float,
         for s in socks:
             s.close()
         return {"role": "client", "error": error_name(exc), "sessions": []}
-    results = _run_sessions(socks, nbytes, True, timeout, skip, rate)
+    results = run_sessions(socks, nbytes, True, timeout, skip, rate)
     return {"role": "client", "error": None, "connect_ms": connect_ms,
             "sessions": [asdict(r) for r in results]}
 
@@ -239,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=5001)
     ap.add_argument("--sessions", type=int, default=1)
     ap.add_argument("--bytes", type=int, default=1 << 20, help="bytes per direction per session")
-    ap.add_argument("--timeout", type=float, default=10.0, help="socket timeout (hard stall)")
+    ap.add_argument("--timeout", type=float, default=10.0,
+                    help="a direction without progress this long fails (hard stall)")
     ap.add_argument("--skip", type=int, default=0,
                     help="received bytes that precede the stream (a proxy's banner)")
     ap.add_argument("--rate", type=int, default=0,
