@@ -44,6 +44,13 @@ SNAPSHOT_DIR = Path("/dev/shm")
 # how long a request to a node's agent process may take before the caller gives up
 CALL_TIMEOUT = 60.0
 
+# Scheduling priority (nice) of the node agent processes. A cluster gives its node
+# agent a CPU request (a cgroup weight) that pods without one cannot take; the lab's
+# processes share one cgroup, so under load the agents waited on the run queue
+# 50-90% of the time while their NFQUEUE queues held seconds of packets. The
+# environment variable DYSCO_LAB_AGENT_NICE overrides it (0: no priority).
+AGENT_NICE = int(os.environ.get("DYSCO_LAB_AGENT_NICE", "-10"))
+
 Reaction = tuple[str, type, Callable[[], cmd.Command]]
 
 
@@ -248,6 +255,8 @@ class _Node:
 def _serve_node(conn: multiprocessing.connection.Connection, agents: LabAgents,
                 specs: list[PodSpec]) -> None:
     """The node's agent process: the runtime loop in a thread, requests in this one."""
+    # before any thread starts: Linux keeps a nice value per thread, new ones inherit it
+    os.setpriority(os.PRIO_PROCESS, 0, AGENT_NICE)
     send_lock = threading.Lock()
 
     def send(msg: tuple[Any, ...]) -> None:
