@@ -440,7 +440,7 @@ def _remove_proxy(lab: Lab, opts: Options) -> dict[str, Any]:
 
 
 def _many(lab: Lab, opts: Options) -> dict[str, Any]:
-    """All sessions (run it with --sessions 200 --bytes 16K --rate 2K) replaced
+    """All sessions (run it with --sessions 200 --bytes 256K --rate 16K) replaced
     mb1 -> mb3 by one order while their bytes flow."""
     r = _dysco(lab, opts, hops=["mb1"], spare=("mb3",), boxes={"mb1": _fw, "mb3": _fw},
                reconfig=_order("replace", middlebox="mb1", hops=("mb3",)),
@@ -651,7 +651,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("remove-proxy", "the TCP-terminating proxy (mb1) splices itself out",
                  _remove_proxy),
         Scenario("many", "all sessions replaced mb1 -> mb3 by one order (use "
-                 "--sessions 200 --bytes 16K --rate 2K)", _many),
+                 "--sessions 200 --bytes 256K --rate 16K)", _many),
         Scenario("kill-new", "insertion of a dead middlebox (mb2) fails; sessions finish "
                  "on the old path", _kill_new),
         Scenario("restart", "mb1's agent restarts mid-transfer (snapshot/restore)",
