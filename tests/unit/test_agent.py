@@ -141,3 +141,33 @@ def test_a_middlebox_repeats_its_request_to_leave_only_while_no_lock_is_held() -
     t += m1.config.removal_retry
     s.right.lock = Lock.UNLOCKED  # ... and was cancelled
     assert _right_requests(m1.timer(t)) == 1
+
+
+def test_after_both_fins_are_acked_a_repeated_ack_is_dropped_but_a_fin_passes() -> None:
+    """A spurious RTO makes the passive closer resend its FIN; the peer, in TIME_WAIT,
+    acks it again and that ack would reach a CLOSED socket, which answers with a RST.
+    The agent drops such an ack (both FINs acked, nothing new); FINs still pass."""
+    from dysco.core.actions import Hook, Verdict
+    from dysco.core.packet import FIN
+
+    world = World(3, LinkModel())
+    client, server = chain(world, (M1,))
+    world.engine.run(5)
+    assert client.finished() and server.finished() and not world.violations
+    agent = world.hosts["D"].agent
+    (session,) = agent.sessions.values()
+    side = session.left
+    assert side is not None and side.done()
+    src, dst, sport, dport = side.path.sub_in
+    assert side.rcv_max is not None and side.snd_acked is not None
+    now = world.engine.now
+
+    def verdict(flags: int) -> Verdict:
+        pkt = build(src, dst, sport, dport, side.rcv_max - (1 if flags & FIN else 0),
+                    side.snd_acked, flags)
+        first = agent.packet(Hook.INPUT, pkt, now)[0]
+        assert isinstance(first, Verdict)
+        return first
+
+    assert verdict(ACK).data is None
+    assert verdict(ACK | FIN).data is not None

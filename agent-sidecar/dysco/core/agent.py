@@ -286,6 +286,14 @@ class Agent(Reconfigurer, HopWatch):
             self._drop()
             return
         flags = pkt.flags
+        if s.role != "middle" and side.done() and not pkt.seg_len and not flags & RST:
+            # Both FINs are acked and our app's TCP has seen it: a pure ack now only
+            # repeats one (the peer, in TIME_WAIT, answering a FIN resent after a
+            # spurious RTO), and a passive closer's socket, already CLOSED, would answer
+            # it with a RST. Not at a middlebox: its "done" does not mean the far end
+            # got the last ack, and the repeat may be what it still waits for.
+            self._drop()
+            return
         syn = bool(flags & SYN)
         if syn and not flags & ACK:
             if pkt.payload_len and synlist.looks_like_synlist(pkt.payload):
