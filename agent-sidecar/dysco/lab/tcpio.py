@@ -32,10 +32,13 @@ from dataclasses import asdict, dataclass
 STALL_S = 2.0
 TOKEN_LEN = 8
 _CHUNK = 256 * 1024
-# A paced sender sends a chunk every `PACE_STEP` s (well under the stall limit),
-# starting at a random point of the first step: per-packet work is what the agents
-# pay for, and 200 sessions sending in step would reach their queues in bursts.
+# A paced sender sends 20 chunks a second, but no chunk under `PACE_CHUNK` bytes unless
+# that would leave more than `PACE_STEP` s (well under the stall limit) between them;
+# it starts at a random point of its first step. Per-packet work is what the agents
+# pay for (200 sessions at 16K/s sent 1 KiB each every 50 ms), and 200 sessions
+# sending in step would reach their queues in bursts.
 PACE_STEP = 0.5
+PACE_CHUNK = 16 * 1024
 _POOL = random.Random(2016).randbytes(4 * 1024 * 1024 + 4099)
 _POOL_WRAP = _POOL + _POOL[:_CHUNK]
 
@@ -112,18 +115,23 @@ class _Session:
                                  peer="{}:{}".format(*sock.getpeername()))
         sock.setblocking(False)
         self.nbytes, self.skip, self.rate, self.start = nbytes, skip, rate, now
-        self.chunk = _CHUNK if rate <= 0 else max(1024, min(_CHUNK, int(rate * PACE_STEP)))
+        floor = max(1024, min(PACE_CHUNK, int(rate * PACE_STEP)))
+        self.chunk = _CHUNK if rate <= 0 else min(_CHUNK, max(rate // 20, floor))
         self.sha_out, self.sha_in = hashlib.sha256(), hashlib.sha256()
         self.head = bytearray()          # prefix (and a server's token) not yet complete
         self.lead = b""                  # bytes to send before the pool (client token)
         self.pos = -1                    # pool offset; -1 until the token is known
-        self.paced_from = now + random.uniform(0, PACE_STEP)  # a server: from the token
+        self.paced_from = now + self._phase()  # a server's: from the token's arrival
         if is_client:
             token = random.randbytes(TOKEN_LEN)
             self.res.token, self.lead, self.pos = token.hex(), token, _pool_start(token)
         self.is_client = is_client
         self.sending = self.receiving = True
         self.progress = (Progress(now), Progress(now))  # send, receive
+
+    def _phase(self) -> float:
+        """A random start within the first pacing step."""
+        return random.uniform(0, self.chunk / self.rate) if self.rate > 0 else 0.0
 
     @property
     def open(self) -> bool:
@@ -177,7 +185,7 @@ class _Session:
             if not self.is_client:
                 token = bytes(self.head[self.skip:])
                 res.token, self.pos = token.hex(), _pool_start(token)
-                self.paced_from = now + random.uniform(0, PACE_STEP)
+                self.paced_from = now + self._phase()
                 self.sha_in.update(token)
                 res.received += TOKEN_LEN
         self.sha_in.update(data)
