@@ -11,6 +11,7 @@ orders, and collects the reconfiguration completions for `control.Tracker`.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -256,7 +257,8 @@ def _serve_node(conn: multiprocessing.connection.Connection, agents: LabAgents,
                 specs: list[PodSpec]) -> None:
     """The node's agent process: the runtime loop in a thread, requests in this one."""
     # before any thread starts: Linux keeps a nice value per thread, new ones inherit it
-    os.setpriority(os.PRIO_PROCESS, 0, AGENT_NICE)
+    with contextlib.suppress(PermissionError):  # no CAP_SYS_NICE: the inherited one
+        os.setpriority(os.PRIO_PROCESS, 0, AGENT_NICE)
     send_lock = threading.Lock()
 
     def send(msg: tuple[Any, ...]) -> None:
