@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import heapq
 import json
 import random
 import selectors
@@ -39,6 +40,7 @@ _CHUNK = 256 * 1024
 # sending in step would reach their queues in bursts.
 PACE_STEP = 0.5
 PACE_CHUNK = 16 * 1024
+_SWEEP = 0.2  # how often every session is checked for the timeout
 _POOL = random.Random(2016).randbytes(4 * 1024 * 1024 + 4099)
 _POOL_WRAP = _POOL + _POOL[:_CHUNK]
 
@@ -213,63 +215,82 @@ def run_sessions(socks: list[socket.socket], nbytes: int, is_client: bool,
                  timeout: float, skip: int = 0, rate: int = 0) -> list[SessionResult]:
     """Move `nbytes` each way on every socket at once, in this thread; close them.
 
-    A direction that makes no progress for `timeout` s ends its session with the
-    error "TIMEOUT"."""
+    Work is per event: a session is looked at when its socket is ready or its pacing
+    step is due (a heap), and all of them only every `_SWEEP` s for the timeout. A
+    direction that makes no progress for `timeout` s ends its session with the error
+    "TIMEOUT"."""
     now = time.monotonic()
     sessions = [_Session(s, nbytes, is_client=is_client, skip=skip, rate=rate, now=now)
                 for s in socks]
     results: list[SessionResult | None] = [None] * len(sessions)
     sel = selectors.DefaultSelector()
-    events: dict[int, int] = {}
+    mask = [0] * len(sessions)             # what each socket is registered for
+    due: list[tuple[float, int]] = []      # paced senders' next step (a heap)
+    queued: list[float | None] = [None] * len(sessions)
+    left = len(sessions)
     buf = bytearray(_CHUNK)
-    while any(r is None for r in results):
-        now = time.monotonic()
-        wait = 0.2
-        for i, s in enumerate(sessions):
-            if results[i] is not None:
-                continue
-            if not s.open:
-                if events.pop(i, None) is not None:
-                    sel.unregister(s.sock)
-                results[i] = s.finish(now)
-                continue
-            stuck = [p for p, active in zip(s.progress, (s.sending, s.receiving), strict=True)
-                     if active and now - p.last > timeout]
-            if stuck:
-                s.fail(TimeoutError())
-                continue
+
+    def settle(i: int, now: float) -> None:
+        """After anything happened to session i: its interest, its next step, its end."""
+        nonlocal left
+        s = sessions[i]
+        want = 0
+        if s.open:
             want = selectors.EVENT_READ if s.receiving else 0
             at = s.send_at()
-            if at is not None:
-                if at <= now:
-                    want |= selectors.EVENT_WRITE
-                else:
-                    wait = min(wait, at - now)
-            if events.get(i, 0) != want:
-                if not want:
-                    sel.unregister(s.sock)
-                    del events[i]
-                else:
-                    if i in events:
-                        sel.modify(s.sock, want, i)
-                    else:
-                        sel.register(s.sock, want, i)
-                    events[i] = want
-        if not events:
-            time.sleep(max(0.0, wait))
+            if at is not None and at <= now:
+                want |= selectors.EVENT_WRITE
+            elif at is not None and queued[i] != at:
+                queued[i] = at
+                heapq.heappush(due, (at, i))
+        if want != mask[i]:
+            if not mask[i]:
+                sel.register(s.sock, want, i)
+            elif not want:
+                sel.unregister(s.sock)
+            else:
+                sel.modify(s.sock, want, i)
+            mask[i] = want
+        if not s.open and results[i] is None:
+            results[i] = s.finish(now)
+            left -= 1
+
+    for i in range(len(sessions)):
+        settle(i, now)
+    sweep = now + _SWEEP
+    while left:
+        now = time.monotonic()
+        while due and due[0][0] <= now:
+            _, i = heapq.heappop(due)
+            queued[i] = None
+            settle(i, now)
+        if now >= sweep:
+            sweep = now + _SWEEP
+            for i, s in enumerate(sessions):
+                if results[i] is None and any(
+                        active and now - p.last > timeout
+                        for p, active in zip(s.progress, (s.sending, s.receiving),
+                                             strict=True)):
+                    s.fail(TimeoutError())
+                    settle(i, now)
+        wait = max(0.0, min(sweep, due[0][0] if due else sweep) - now)
+        if not any(mask):
+            time.sleep(wait)
             continue
-        for key, mask in sel.select(wait):
-            s = sessions[key.data]
+        for key, events in sel.select(wait):
+            i = key.data
+            s = sessions[i]
             now = time.monotonic()
             try:
-                if mask & selectors.EVENT_READ and s.receiving:
+                if events & selectors.EVENT_READ and s.receiving:
                     s.on_readable(buf, now)
-                if mask & selectors.EVENT_WRITE and s.sending:
+                if events & selectors.EVENT_WRITE and s.sending:
                     s.on_writable(now)
             except BlockingIOError:
                 pass
             except OSError as exc:
                 s.fail(exc)
+            settle(i, now)
     sel.close()
     return [r for r in results if r is not None]
 
