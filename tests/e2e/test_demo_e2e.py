@@ -30,6 +30,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(900),
               pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")]
 
 NS = "e2e-demo"
+HUNDRED = 100
 VALUES = (ROOT / "charts" / "dysco" / "ci" / "local-cluster-dataplane-values.yaml",)
 
 
@@ -101,6 +102,22 @@ def test_agent_metrics_count_sessions_and_reconfigurations(demo: Demo) -> None:
     count = [line for line in text.splitlines()
              if line.startswith("dysco_reconfiguration_duration_seconds_count")]
     assert count and float(count[0].split()[-1]) > 0, count
+
+
+def test_hundred_sessions_through_one_chain_during_a_rollout(demo: Demo) -> None:
+    """100 sessions through fw (2 replicas) while fw rolls out: each ends up on a new pod
+    (some move twice: off the first old pod onto the second, then off that)."""
+    demo.k.patch_chain(CHAIN, {"updatePolicy": "live", "hops": [demo.hop("fw")]})
+    demo.k.apps.patch_namespaced_deployment_scale("fw", NS, {"spec": {"replicas": 2}})
+    wait_for(lambda: demo.k.deployment_done("fw"), 120, "fw at 2 replicas")
+    demo.wait_applied()
+    t = time.monotonic()
+    r = demo.step_rollout(sessions=HUNDRED, rate=4096)
+    print(f"100-session rollout: {time.monotonic() - t:.1f} s in all, {r.seconds} s "
+          f"rollout, {r.reconfigured} reconfigured, {r.bytes_verified} bytes verified")
+    passed(r)
+    assert r.sessions == HUNDRED
+    assert r.reconfigured >= HUNDRED, "not every session was moved off the old pods"
 
 
 def test_operator_killed_during_rollout_the_rollout_completes(demo: Demo) -> None:
