@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import Gauge
+
 from . import metrics, planner
 from .kube import Conflict, Kube, NotFound
 from .model import ChainInfo, NodeInfo, PlanInfo, PodInfo, ServiceInfo
@@ -339,12 +341,7 @@ class PlanSyncer:
                         f" {lr_new.get('failed', 0)} failed")
 
     def _export(self, res: planner.ChainResolution, status: Mapping[str, Any]) -> None:
-        metrics.CHAIN_REVISION.labels(res.key).set(res.revision)
-        for rev, n in (status.get("sessionsByRevision") or {}).items():
-            metrics.CHAIN_SESSIONS.labels(res.key, rev).set(n)
-        for h in res.hops:
-            metrics.HOP_INSTANCES.labels(res.key, h.name, "ready").set(len(h.instances))
-            metrics.HOP_INSTANCES.labels(res.key, h.name, "draining").set(len(h.draining))
+        export_chain(res, status)
 
     def forget(self, chain: ChainInfo) -> None:
         """Drop per-chain metric series and caches of a deleted chain."""
@@ -353,9 +350,7 @@ class PlanSyncer:
         with contextlib.suppress(KeyError):
             metrics.CHAIN_REVISION.remove(chain.key)
         for g2 in (metrics.CHAIN_SESSIONS, metrics.HOP_INSTANCES):
-            for labels in list(g2._metrics):  # prometheus_client has no prefix removal
-                if labels and labels[0] == chain.key:
-                    g2.remove(*labels)
+            _drop_series(g2, chain.key, set())
 
     def nodes_pending_release(self, key: str, plans: Mapping[str, PlanInfo]) -> list[str]:
         """Nodes whose plan still has chain ``key``, or whose agent has not applied its removal."""
@@ -380,3 +375,26 @@ def _cond(status: Mapping[str, Any], t: str) -> Mapping[str, Any] | None:
 def _is_true(status: Mapping[str, Any], t: str) -> bool:
     c = _cond(status, t)
     return c is not None and c.get("status") == "True"
+
+
+def export_chain(res: planner.ChainResolution, status: Mapping[str, Any]) -> None:
+    """The chain's gauges as its status says now. Series of revisions without sessions
+    and of hops no longer in the chain go: a gauge keeps its last value otherwise, and
+    `dysco_chain_sessions` went on counting sessions that had ended."""
+    metrics.CHAIN_REVISION.labels(res.key).set(res.revision)
+    by_rev = status.get("sessionsByRevision") or {}
+    for rev, n in by_rev.items():
+        metrics.CHAIN_SESSIONS.labels(res.key, rev).set(n)
+    _drop_series(metrics.CHAIN_SESSIONS, res.key, {(res.key, str(r)) for r in by_rev})
+    for h in res.hops:
+        metrics.HOP_INSTANCES.labels(res.key, h.name, "ready").set(len(h.instances))
+        metrics.HOP_INSTANCES.labels(res.key, h.name, "draining").set(len(h.draining))
+    _drop_series(metrics.HOP_INSTANCES, res.key, {(res.key, h.name, state) for h in res.hops
+                                                  for state in ("ready", "draining")})
+
+
+def _drop_series(gauge: Gauge, chain: str, keep: set[tuple[str, ...]]) -> None:
+    """Remove `gauge`'s series of `chain` (first label) that are not in `keep`."""
+    for labels in list(gauge._metrics):  # prometheus_client has no prefix removal
+        if labels and labels[0] == chain and labels not in keep:
+            gauge.remove(*labels)

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
-from chart_e2e_lib import KUBECONFIG, ROOT, SYSTEM_NS, TAG, chart_installed
+from chart_e2e_lib import HELM, KUBECONFIG, RELEASE, ROOT, SYSTEM_NS, TAG, chart_installed, run
 
 from dysco.demo.cluster import HTTP, Kube, wait_for
 from dysco.demo.driver import CHAIN, Demo, StepResult
@@ -30,6 +30,8 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(900),
               pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")]
 
 NS = "e2e-demo"
+HUNDRED = 100
+AGENTS = "app.kubernetes.io/component=agent"
 VALUES = (ROOT / "charts" / "dysco" / "ci" / "local-cluster-dataplane-values.yaml",)
 
 
@@ -74,6 +76,47 @@ def test_drain_by_hand_and_by_scale_down(demo: Demo) -> None:
     assert len(demo.k.ready_pods("app=fw")) == 1
 
 
+def test_agent_daemonset_upgraded_under_live_sessions(demo: Demo) -> None:
+    """`helm upgrade` to a new agent image tag rolls the DaemonSet while sessions run
+    through the node's fw and proxy: the stopping agent leaves their state in
+    agent.stateDir and the next one carries them on (no reset, SHA-256 equal), still
+    chained: both middleboxes keep seeing their packets. The next test removes the proxy
+    from these restored sessions (and the long batch's)."""
+    system = Kube(SYSTEM_NS, str(KUBECONFIG))
+    old = {p.metadata.name for p in system.pods(AGENTS)}
+    label = demo.fresh_label("agent-upgrade")
+    demo.start(label, demo.sessions)
+    run(str(ROOT / "scripts" / "cluster" / "docker.sh"), "tag", f"dysco/agent:{TAG}",
+        f"dysco/agent:{TAG}-next")
+    t = time.monotonic()
+    run(str(HELM), "upgrade", RELEASE, str(ROOT / "charts" / "dysco"), "-n", SYSTEM_NS,
+        "--reuse-values", "--set", f"agent.image.tag={TAG}-next", "--wait",
+        "--timeout", "240s")
+    agent = wait_for(lambda: next((p for p in system.ready_pods(AGENTS)
+                                   if p.metadata.name not in old), None), 120,
+                     "the upgraded agent")
+    assert agent.spec.containers[0].image == f"dysco/agent:{TAG}-next"
+    wait_for(lambda: not {p.metadata.name for p in system.pods(AGENTS)} & old, 120,
+             "the old agent to go")
+    demo.wait_applied()
+    rolled = time.monotonic() - t
+    # every session moves bytes again, through both middleboxes
+    mb0, got0 = _mb_packets(demo), _received(demo, label)
+    wait_for(lambda: all(n > got0[tok] for tok, n in _received(demo, label).items()), 60,
+             "every session to move bytes after the upgrade")
+    resumed = time.monotonic() - t
+    time.sleep(2)
+    mb1 = _mb_packets(demo)
+    print(f"agent upgrade: rolled in {rolled:.1f} s, sessions moving again at {resumed:.1f} s;"
+          f" fw/proxy packets meanwhile {mb1[0] - mb0[0]}/{mb1[1] - mb0[1]}")
+    assert mb1[0] - mb0[0] > 50 and mb1[1] - mb0[1] > 50, (mb0, mb1)
+    log = system.core.read_namespaced_pod_log(agent.metadata.name, SYSTEM_NS)
+    assert "carried on with" in log, log[-3000:]
+    v = demo.finish(label, demo.sessions)
+    assert v.ok, v.problems
+    assert v.resets == 0
+
+
 def test_remove_terminating_proxy_hop_live(demo: Demo) -> None:
     passed(demo.step_remove())
 
@@ -101,6 +144,37 @@ def test_agent_metrics_count_sessions_and_reconfigurations(demo: Demo) -> None:
     count = [line for line in text.splitlines()
              if line.startswith("dysco_reconfiguration_duration_seconds_count")]
     assert count and float(count[0].split()[-1]) > 0, count
+    # the operator's per-revision gauge follows the chain's status (no stale revisions)
+    wait_for(lambda: _operator_sessions(k) == demo.by_revision(), 60,
+             "dysco_chain_sessions to match status.sessionsByRevision")
+
+
+def _operator_sessions(k: Kube) -> dict[str, int]:
+    """dysco_chain_sessions of the demo chain by revision, from the operator's /metrics."""
+    method, url, headers, body, post = k.api.param_serialize(
+        "GET", f"/api/v1/namespaces/{SYSTEM_NS}/services/dysco-operator-metrics:9401/proxy/"
+        "metrics", auth_settings=["BearerToken"])
+    resp = k.api.call_api(method, url, headers, body, post, _request_timeout=20)
+    prefix = f'dysco_chain_sessions{{chain="{NS}/{CHAIN}",revision="'
+    out = {line[len(prefix):].split('"')[0]: int(float(line.split()[-1]))
+           for line in resp.read().decode().splitlines() if line.startswith(prefix)}
+    return {rev: n for rev, n in out.items() if n}
+
+
+def test_hundred_sessions_through_one_chain_during_a_rollout(demo: Demo) -> None:
+    """100 sessions through fw (2 replicas) while fw rolls out: each ends up on a new pod
+    (some move twice: off the first old pod onto the second, then off that)."""
+    demo.k.patch_chain(CHAIN, {"updatePolicy": "live", "hops": [demo.hop("fw")]})
+    demo.k.apps.patch_namespaced_deployment_scale("fw", NS, {"spec": {"replicas": 2}})
+    wait_for(lambda: demo.k.deployment_done("fw"), 120, "fw at 2 replicas")
+    demo.wait_applied()
+    t = time.monotonic()
+    r = demo.step_rollout(sessions=HUNDRED, rate=4096)
+    print(f"100-session rollout: {time.monotonic() - t:.1f} s in all, {r.seconds} s "
+          f"rollout, {r.reconfigured} reconfigured, {r.bytes_verified} bytes verified")
+    passed(r)
+    assert r.sessions == HUNDRED
+    assert r.reconfigured >= HUNDRED, "not every session was moved off the old pods"
 
 
 def test_operator_killed_during_rollout_the_rollout_completes(demo: Demo) -> None:
@@ -145,3 +219,21 @@ def _fw_new(demo: Demo) -> int:
         c: dict[str, Any] = demo.k.pod_http(p.metadata.name, HTTP, "counters")
         total += int(c.get("new_packets", 0))
     return total
+
+
+def _mb_packets(demo: Demo) -> tuple[int, int]:
+    """Packets the firewalls let through established sessions, and packets the proxies
+    took in (diverted to them, or replies to their connections)."""
+    fw = sum(int(demo.k.pod_http(p.metadata.name, HTTP, "counters").get(
+        "established_packets", 0)) for p in demo.k.ready_pods("app=fw"))
+    proxy = 0
+    for p in demo.k.ready_pods("app=proxy"):
+        c: dict[str, Any] = demo.k.pod_http(p.metadata.name, HTTP, "counters")
+        proxy += int(c.get("diverted_packets", 0)) + int(c.get("reply_packets", 0))
+    return fw, proxy
+
+
+def _received(demo: Demo, label: str) -> dict[str, int]:
+    """Bytes each client session of batch `label` received so far, by token."""
+    return {s["token"]: s["received"] for s in demo.k.pod_http(
+        demo.client_pod(), HTTP, "sessions", query={"label": label})["sessions"]}

@@ -102,3 +102,26 @@ def test_fail_closed_without_listener(lab: Lab) -> None:
         rule.remove()
         srv.kill()
         srv.wait()
+
+
+def test_exempt_addresses_pass_without_listener(lab: Lab) -> None:
+    """TCP with an exempt address (the node's, in a cluster: kubelet probes) passes the
+    rules even with no agent listening; other TCP is still held back."""
+    client, server, other = lab.pod("client"), lab.pod("server"), lab.pod("mb1")
+    rule = rules.Interception(client.name, rules.detect_variant(), exempt=(server.ip,))
+    servers = [subprocess.Popen(netns.argv(p.name, ["iperf3", "-s", "-1", "-p", "5998"]),
+                                stdout=subprocess.DEVNULL) for p in (server, other)]
+    try:
+        rule.install()
+        assert rule.installed()
+        exempt = netns.run(client.name, ["iperf3", "-c", server.ip, "-p", "5998", "-t", "1"],
+                           check=False)
+        assert exempt.returncode == 0, exempt.stderr
+        held = netns.run(client.name, ["iperf3", "-c", other.ip, "-p", "5998", "-t", "1",
+                                       "--connect-timeout", "1500"], check=False)
+        assert held.returncode != 0
+    finally:
+        rule.remove()
+        for srv in servers:
+            srv.kill()
+            srv.wait()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -294,3 +296,38 @@ def test_content_delta_of_a_proxy_pod_is_passed_on_and_cleared() -> None:
     assert len(dp.calls) == n
     rec.apply(plan_spec())  # annotation removed
     assert dp.content_deltas == {"ns/fw": (0, 0)}
+
+
+def test_shutdown_ends_the_main_loop_at_once() -> None:
+    """SIGTERM's `shutdown` does not wait for the next status step: the agent's successor
+    (a rolling upgrade) starts only when this one is gone."""
+    agent = NodeAgent("n1", FakeApi(), RecordingDataPlane(), StaticResolver({}),
+                      status_interval=60)
+    loop = threading.Thread(target=agent.run)
+    loop.start()
+    time.sleep(0.2)
+    t = time.monotonic()
+    agent.shutdown()
+    loop.join(5)
+    assert not loop.is_alive()
+    assert time.monotonic() - t < 2
+
+
+def test_node_addresses_are_exempt_candidates() -> None:
+    from dysco.dataplane.k8s import node_addresses
+    addrs = node_addresses()
+    assert addrs, "no address but loopback's"
+    assert addrs == tuple(sorted(set(addrs)))
+    assert not any(a.startswith("127.") for a in addrs)
+    assert all(len(a.split(".")) == 4 for a in addrs)
+
+
+def test_demo_batches_get_fresh_labels() -> None:
+    """A batch is known by its label: a reused one would count an earlier batch's
+    sessions (the cause of the first 100-session rollout test's timeout)."""
+    from dysco.demo.driver import Demo
+    demo = Demo.__new__(Demo)
+    demo.labels = set()
+    assert demo.fresh_label("rollout") == "rollout"
+    demo.labels |= {"rollout", "rollout-2"}
+    assert demo.fresh_label("rollout") == "rollout-3"

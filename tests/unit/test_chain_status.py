@@ -96,3 +96,33 @@ def test_agent_failure_on_a_chain_pod_degrades() -> None:
     st = chain_status(_res(), "d", plans, {"n1": 3}, T0)
     deg = condition(st, "Degraded")
     assert deg is not None and (deg["status"], deg["reason"]) == ("True", "AgentFailures")
+
+
+def test_chain_gauges_drop_revisions_without_sessions_and_gone_hops() -> None:
+    """A gauge keeps its last value: the series of a revision whose sessions ended, or of
+    a hop taken out of the chain, must go, or the metrics count what no longer exists."""
+    from prometheus_client import REGISTRY
+
+    from dysco_operator.syncer import export_chain
+
+    def hop(name: str) -> planner.HopResolution:
+        return planner.HopResolution(name=name, kind="transparent", instance_choice="hash",
+                                     optional=False, instances=(), draining=())
+
+    def sample(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"chain": "ns/gauges", **labels})
+
+    chain = ChainInfo(namespace="ns", name="gauges", uid="u-g", generation=1,
+                      resource_version="1", spec={}, status={})
+    first = planner.ChainResolution(chain=chain, revision=1, hops=(hop("fw"), hop("proxy")))
+    export_chain(first, {"sessionsByRevision": {"1": 4}})
+    assert sample("dysco_chain_sessions", revision="1") == 4
+    assert sample("dysco_chain_hop_instances", hop="proxy", state="ready") == 0
+    second = planner.ChainResolution(chain=chain, revision=2, hops=(hop("fw"),))
+    export_chain(second, {"sessionsByRevision": {"2": 3}})
+    assert sample("dysco_chain_sessions", revision="1") is None
+    assert sample("dysco_chain_sessions", revision="2") == 3
+    assert sample("dysco_chain_hop_instances", hop="proxy", state="ready") is None
+    assert sample("dysco_chain_hop_instances", hop="fw", state="ready") == 0
+    export_chain(second, {"sessionsByRevision": {}})
+    assert sample("dysco_chain_sessions", revision="2") is None

@@ -154,7 +154,7 @@ class NodeDataPlane:
     """All pods of one node, served by one runtime thread."""
 
     def __init__(self, backend: str = "raw", limits: Mapping[str, float] | None = None,
-                 state_dir: str | None = None) -> None:
+                 state_dir: str | None = None, exempt: tuple[str, ...] = ()) -> None:
         self._limits = dict(limits or {})
         # where `suspend` leaves each pod's core state for the next agent (node tmpfs)
         self.state_dir = Path(state_dir) if state_dir else None
@@ -164,7 +164,7 @@ class NodeDataPlane:
         self._hop_failures: collections.Counter[str] = collections.Counter()
         self.keys: tuple[tuple[int, bytes], ...] = ()
         self.current_key = 0
-        self.runtime = Runtime(self._agent, backend=backend)
+        self.runtime = Runtime(self._agent, backend=backend, exempt=exempt)
         self.runtime.on_notify = self._on_notify
         self.pods: dict[str, PodSpec] = {}
         self.policies: dict[str, tuple[k8s.Policy, ...]] = {}
@@ -615,10 +615,20 @@ def _reset(ns: str, sessions: Sequence[Tuple4]) -> None:
         log.warning("%s: could not reset %d sessions: %s", ns, len(sessions), exc)
 
 
+def node_addresses() -> tuple[str, ...]:
+    """The IPv4 addresses of our network namespace but loopback's: the node's, since the
+    agent runs with hostNetwork (the source of the kubelet's probes is among them)."""
+    out = json.loads(netns.run(None, ["ip", "-4", "-j", "addr", "show"]).stdout)
+    return tuple(sorted({a["local"] for link in out for a in link.get("addr_info", ())
+                         if not a["local"].startswith("127.")}))
+
+
 def create_dataplane() -> NodeDataPlane:
     """Entry point for ``dysco k8s agent --dataplane dysco.dataplane.k8s:create_dataplane``;
     ``DYSCO_NFQ_BACKEND`` picks the NFQUEUE backend (raw, binding), `LIMIT_ENV` the
-    limits, ``DYSCO_STATE_DIR`` where sessions' state waits for the next agent."""
+    limits, ``DYSCO_STATE_DIR`` where sessions' state waits for the next agent. The
+    node's addresses are exempt from interception (`rules.Interception`)."""
     return NodeDataPlane(backend=os.environ.get("DYSCO_NFQ_BACKEND", "raw"),
                          limits=limits_from_env(os.environ),
-                         state_dir=os.environ.get("DYSCO_STATE_DIR") or None)
+                         state_dir=os.environ.get("DYSCO_STATE_DIR") or None,
+                         exempt=node_addresses())

@@ -11,7 +11,11 @@ that other tools (kube-proxy, CNI plugins, a middlebox's own firewall) wrote:
 Only TCP is queued, so the control channel (UDP, port 2016) never reaches the queues.
 Loopback traffic is not Dysco's business and is skipped, which also keeps the 64 KiB
 ``lo`` MTU away from the queues. Packets the agent injects itself carry ``mark`` and
-return from the chains at once, so an injected segment is never queued again.
+return from the chains at once, so an injected segment is never queued again. TCP with
+one of the `exempt` addresses (the node's own: the kubelet's probes, the API server's
+pod proxy) is skipped too: no Dysco session has a node address as its end, and while
+an agent restarts those packets would otherwise be dropped, the pods would turn NotReady
+and the operator would take them out of their chains.
 
 The rules are **fail-closed**: no ``--queue-bypass``. Without a listener the kernel
 drops queued packets, and TCP retransmits them once the agent is back. With bypass
@@ -96,6 +100,11 @@ class Interception:
     queue_out: int = DEFAULT_QUEUE_OUT
     mark: int = DEFAULT_MARK
     input_table: str = DEFAULT_INPUT_TABLE
+    exempt: tuple[str, ...] = ()  # IPv4 addresses whose TCP is never queued
+
+    def _exemptions(self, chain: str) -> list[str]:
+        way = "-s" if chain == CHAIN_IN else "-d"
+        return [f"-A {chain} {way} {addr}/32 -j RETURN" for addr in self.exempt]
 
     def _hooks(self) -> list[_Hook]:
         return [
@@ -119,6 +128,7 @@ class Interception:
                 f"*{hook.table}",
                 f":{hook.chain} - [0:0]",  # declaring a chain with --noflush empties it
                 f"-A {hook.chain} {skip}",
+                *self._exemptions(hook.chain),
                 f"-A {hook.chain} -j NFQUEUE --queue-num {hook.queue}",
                 "COMMIT",
                 "",
@@ -168,4 +178,4 @@ class Interception:
         return lines
 
     def installed(self) -> bool:
-        return len(self.listing()) == 8
+        return len(self.listing()) == 8 + 2 * len(self.exempt)

@@ -168,8 +168,10 @@ class Runtime:
                  variant: rules.Variant | None = None, control_port: int = CONTROL_PORT,
                  queue_in: int = rules.DEFAULT_QUEUE_IN,
                  queue_out: int = rules.DEFAULT_QUEUE_OUT, mark: int = rules.DEFAULT_MARK,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 exempt: tuple[str, ...] = ()) -> None:
         self.factory = factory or self._core_agent
+        self.exempt = exempt  # addresses whose TCP the pods' rules never queue
         self.backend = nfq.BACKENDS[backend]
         self.variant = variant or rules.detect_variant()
         self.control_port = control_port
@@ -201,7 +203,7 @@ class Runtime:
         if spec.ns in self.pods:
             return self.pods[spec.ns]
         interception = rules.Interception(spec.ns, self.variant, self.queue_in,
-                                          self.queue_out, self.mark)
+                                          self.queue_out, self.mark, exempt=self.exempt)
         queues: dict[Hook, nfq.Queue] = {}
         try:
             queues[Hook.INPUT] = self.backend(self.queue_in, spec.ns)

@@ -8,8 +8,10 @@
   stream-changing terminating proxy (`dysco.middleboxes.proxy`); on SIGTERM it keeps
   forwarding for ``--drain-seconds`` (the agent moves its sessions away meanwhile).
 
-Every program serves read-only JSON on ``--http`` (GET ``/sessions``, ``/counters``); the
-client also takes ``POST /start?label=&sessions=&rate=`` and ``POST /stop?label=``. A
+Every program serves read-only JSON on ``--http`` (GET ``/sessions``, ``/counters``; a
+firewall also ``/flows``, the sessions it carries); the client also takes
+``POST /start?label=&sessions=&rate=`` (409 for a label already used: a batch is known by
+its label) and ``POST /stop?label=``. A
 session is identified by the 8-byte random token its client sends first, so both ends
 can be paired. A proxy on the path puts a banner line before each direction; the
 receiver recognises it (``BANNER_MARK``), reports it as ``prefix`` and leaves it out of the
@@ -35,7 +37,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from dysco.lab.tcpio import SessionResult, error_name, recv_exact
 from dysco.middleboxes import Middlebox
-from dysco.middleboxes.firewall import Firewall
+from dysco.middleboxes.firewall import Firewall, export_state
 from dysco.middleboxes.proxy import Proxy
 
 BANNER_MARK = b"dysco-proxy:"
@@ -211,11 +213,12 @@ def open_session(target: tuple[str, int], rate: int, label: str, reg: Registry) 
 
 
 class Handler(BaseHTTPRequestHandler):
-    """GET /sessions[?label=], /counters; client: POST /start, /stop."""
+    """GET /sessions[?label=], /counters, /flows; client: POST /start, /stop."""
 
     reg: Registry
     target: tuple[str, int] | None = None
     box: Middlebox | None = None
+    chained: int = 0  # the chained TCP port (a firewall's flows)
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
@@ -224,6 +227,12 @@ class Handler(BaseHTTPRequestHandler):
             self._json(200, {"sessions": self.reg.snapshot(q.get("label"))})
         elif url.path == "/counters":
             self._json(200, self.box.counters() if self.box else {})
+        elif url.path == "/flows":
+            # conntrack sees the applications' tuples (Dysco's input hook runs first);
+            # a session picked up mid-stream may be keyed from either end
+            flows = [[f"{e[1]}:{e[3]}", f"{e[2]}:{e[4]}"] for e in export_state(
+                SELF_NS, self.chained)] if isinstance(self.box, Firewall) else []
+            self._json(200, {"flows": flows})
         elif url.path == "/healthz":
             self._json(200, {"ok": True})
         else:
@@ -235,6 +244,9 @@ class Handler(BaseHTTPRequestHandler):
         label = q.get("label", "default")
         if url.path == "/start" and self.target is not None:
             n, rate = int(q.get("sessions", "1")), int(q.get("rate", "65536"))
+            if self.reg.snapshot(label):
+                self._json(409, {"error": f"label {label} already used"})
+                return
             for _ in range(n):
                 threading.Thread(target=open_session, args=(self.target, rate, label,
                                                               self.reg), daemon=True).start()
@@ -296,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
     box: Middlebox = (Firewall(SELF_NS, ports=(args.port,)) if args.kind == "firewall"
                       else Proxy(SELF_NS, port=args.port))
     box.start()
-    _http(args.http, reg=reg, box=box)
+    _http(args.http, reg=reg, box=box, chained=args.port)
     print(f"middlebox: {args.kind} for port {args.port}", flush=True)
     _wait_for_term()
     print(f"SIGTERM: forwarding {args.drain_seconds} s more while sessions move", flush=True)

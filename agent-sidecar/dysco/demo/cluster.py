@@ -118,13 +118,16 @@ class Kube:
     def pod_http(self, pod: str, port: int, path: str, method: str = "GET",
                  query: dict[str, str] | None = None, timeout: float = 20) -> Any:
         """`method` on http://<pod>:<port>/<path> through the API server; JSON answers
-        are decoded, anything else is returned as text."""
+        are decoded, anything else is returned as text; an error status raises
+        `client.ApiException` (the generated client's low-level call does not)."""
         method, url, headers, body, post = self.api.param_serialize(
             method, f"/api/v1/namespaces/{self.ns}/pods/{pod}:{port}/proxy/{path}",
             query_params=list((query or {}).items()), header_params={"Accept": "*/*"},
             auth_settings=["BearerToken"])
         resp = self.api.call_api(method, url, headers, body, post, _request_timeout=timeout)
         resp.read()
+        if resp.status >= 400:
+            raise client.ApiException(http_resp=resp)
         data = resp.data.decode()
         try:
             return json.loads(data)

@@ -61,6 +61,7 @@ class Demo:
         self.json_out = json_out
         self.t0 = now()
         self.version = 1
+        self.labels: set[str] = set()  # batches started so far (the client's labels)
 
     def say(self, msg: str) -> None:
         """A progress line (stderr with --json, so stdout stays one JSON document)."""
@@ -197,11 +198,22 @@ class Demo:
     def server_pod(self) -> str:
         return str(self.k.ready_pods("app=server")[0].metadata.name)
 
-    def start(self, label: str, n: int) -> None:
-        """Open `n` sessions and wait until each has received bytes; on a timeout the
-        batch is stopped (so it does not load later steps) and TimeoutError raised."""
+    def fresh_label(self, name: str) -> str:
+        """`name`, or `name-2`, `name-3`... if a batch had it: a batch is known by its
+        label, and a reused one would count an earlier batch's sessions as its own."""
+        label, i = name, 1
+        while label in self.labels:
+            i += 1
+            label = f"{name}-{i}"
+        return label
+
+    def start(self, label: str, n: int, rate: int | None = None) -> None:
+        """Open `n` sessions (each sending `rate` B/s, default the demo's) and wait until
+        each has received bytes; on a timeout the batch is stopped (so it does not load
+        later steps) and TimeoutError raised. The client refuses a label used before."""
+        self.labels.add(label)
         self.k.pod_http(self.client_pod(), HTTP, "start", "POST",
-                        {"label": label, "sessions": str(n), "rate": str(self.rate)})
+                        {"label": label, "sessions": str(n), "rate": str(rate or self.rate)})
         try:
             wait_for(lambda: len([s for s in self.k.pod_http(
                 self.client_pod(), HTTP, "sessions", query={"label": label})["sessions"]
@@ -230,12 +242,34 @@ class Demo:
 
     # ------------------------------------------------------------------ steps
 
+    def flows(self, selector: str) -> set[str]:
+        """The ends ("ip:port") of the sessions the firewall pods `selector` carry now."""
+        return {end for p in self.k.ready_pods(selector)
+                for flow in self.k.pod_http(p.metadata.name, HTTP, "flows")["flows"]
+                for end in flow}
+
+    def not_on(self, label: str, selector: str) -> list[str]:
+        """Problems: sessions of batch `label` that no firewall pod of `selector` carries."""
+        ends = self.flows(selector)
+        sessions = self.k.pod_http(self.client_pod(), HTTP, "sessions",
+                                   query={"label": label})["sessions"]
+        missing = [s["local"] for s in sessions if s["local"] not in ends]
+        return [f"{len(missing)}/{len(sessions)} sessions of {label} not on a {selector} pod: "
+                f"{missing[:5]}"] if missing else []
+
     def run_step(self, name: str, action: str, change: Callable[[], None],
-                 complete: Callable[[], bool]) -> StepResult:
+                 complete: Callable[[], bool],
+                 check: Callable[[str], list[str]] | None = None,
+                 sessions: int | None = None, rate: int | None = None) -> StepResult:
+        """Start a batch (`sessions`, default the demo's), make the change, wait until it
+        is complete, `check` the batch (its label in, problems out) while it still runs,
+        then finish and verify it."""
         r = StepResult(step=name, action=action)
-        self.say(f"step {name}: starting {self.sessions} sessions, then: {action}")
+        n = sessions or self.sessions
+        label = self.fresh_label(name)
+        self.say(f"step {name}: starting {n} sessions, then: {action}")
         try:
-            self.start(name, self.sessions)
+            self.start(label, n, rate)
         except TimeoutError as e:
             r.problems.append(str(e))
             return r
@@ -251,10 +285,12 @@ class Demo:
             r.problems.append(str(e))
         r.seconds = round(now() - t, 1)
         time.sleep(3)  # bytes keep flowing on the new path before the check
+        if check is not None:
+            r.problems += check(label)
         done1, failed1 = self.reconfigs()
         r.reconfigured, r.failed_reconfigs = done1 - done0, failed1 - failed0
         r.revisions = f"{_revs(before_rev)} -> {_revs(self.by_revision())}"
-        v = self.finish(name, self.sessions)
+        v = self.finish(label, n)
         r.sessions = v.sessions
         r.resets, r.bytes_verified = v.resets, v.bytes_verified
         r.problems += v.problems
@@ -279,13 +315,18 @@ class Demo:
             lambda: self.k.patch_chain(CHAIN, {"hops": [self.hop("fw"), self.hop("proxy")]}),
             lambda: self.live_moved(rev + 1))
 
-    def step_rollout(self) -> StepResult:
+    def step_rollout(self, sessions: int | None = None, rate: int | None = None
+                     ) -> StepResult:
+        """Roll fw out to a new version; every session of the step must end up on a pod
+        of the new version (the old ones are gone by then)."""
         self.version += 1
         replicas = len(self.k.ready_pods("app=fw"))
+        new = f"app=fw,version=v{self.version}"
         return self.run_step(
             "rollout", f"fw rolled out to v{self.version}, pod by pod (live replacement)",
             lambda: self.k.apply_deployment(self.fw(replicas, self.version)),
-            lambda: self.k.deployment_done("fw"))
+            lambda: self.k.deployment_done("fw"), lambda label: self.not_on(label, new),
+            sessions, rate)
 
     def step_drain(self) -> StepResult:
         def change() -> None:
@@ -314,6 +355,7 @@ class Demo:
         rev = int(self.status().get("revision") or 0)
         old: dict[str, int] = {}
         before = self.hop_names()
+        fresh_label = self.fresh_label("new-only-fresh")
         # the proxy goes in (or out): the new sessions' banners show which path they took
         after = ["fw"] if "proxy" in before else ["fw", "proxy"]
 
@@ -324,7 +366,7 @@ class Demo:
             wait_for(lambda: int(self.status().get("revision") or 0) == rev + 1, 60,
                      "the new revision")
             self.wait_applied()
-            self.start("new-only-fresh", self.sessions)
+            self.start(fresh_label, self.sessions)
 
         def complete() -> bool:
             """Old sessions are still at their revision, the fresh ones at the new one."""
@@ -335,7 +377,7 @@ class Demo:
         r = self.run_step("new-sessions-only",
                           f"updatePolicy newSessionsOnly, hops {','.join(before)} -> "
                           f"{','.join(after)}: old sessions keep their path", change, complete)
-        fresh = self.finish("new-only-fresh", self.sessions)
+        fresh = self.finish(fresh_label, self.sessions)
         r.sessions += fresh.sessions
         r.resets += fresh.resets
         r.bytes_verified += fresh.bytes_verified

@@ -281,6 +281,12 @@ class NodeAgent:
         self._last_status = body
         self._last_status_time = time.monotonic()
 
+    def shutdown(self) -> None:
+        """Make `run` return now (SIGTERM): the next agent waits for us to be gone, and
+        our pods' TCP waits for the next agent."""
+        self.stop.set()
+        self._wake.set()
+
     def run(self) -> None:
         watcher = threading.Thread(target=self._watch, name="plan-watch", daemon=True)
         watcher.start()

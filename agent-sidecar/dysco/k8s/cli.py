@@ -101,7 +101,7 @@ def run_agent(args: argparse.Namespace) -> int:
     server = agent.serve_http(args.http_bind_address, args.http_port) if args.http_port else None
 
     def _stop(*_: Any) -> None:
-        agent.stop.set()
+        agent.shutdown()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
