@@ -149,16 +149,18 @@ def test_agent_metrics_count_sessions_and_reconfigurations(demo: Demo) -> None:
              "dysco_chain_sessions to match status.sessionsByRevision")
 
 
-def _operator_sessions(k: Kube) -> dict[str, int]:
-    """dysco_chain_sessions of the demo chain by revision, from the operator's /metrics."""
-    method, url, headers, body, post = k.api.param_serialize(
-        "GET", f"/api/v1/namespaces/{SYSTEM_NS}/services/dysco-operator-metrics:9401/proxy/"
-        "metrics", auth_settings=["BearerToken"])
-    resp = k.api.call_api(method, url, headers, body, post, _request_timeout=20)
-    prefix = f'dysco_chain_sessions{{chain="{NS}/{CHAIN}",revision="'
-    out = {line[len(prefix):].split('"')[0]: int(float(line.split()[-1]))
-           for line in resp.read().decode().splitlines() if line.startswith(prefix)}
-    return {rev: n for rev, n in out.items() if n}
+def _operator_sessions(k: Kube) -> dict[str, int] | None:
+    """dysco_chain_sessions of the demo chain by revision, from the active operator replica's
+    /metrics (the standby exports no chain gauges); None while no replica has the chain."""
+    for pod in k.ready_pods("app.kubernetes.io/component=operator"):
+        text = k.pod_http(pod.metadata.name, 9401, "metrics")
+        if f'dysco_chain_revision{{chain="{NS}/{CHAIN}"}}' not in text:
+            continue
+        prefix = f'dysco_chain_sessions{{chain="{NS}/{CHAIN}",revision="'
+        out = {line[len(prefix):].split('"')[0]: int(float(line.split()[-1]))
+               for line in text.splitlines() if line.startswith(prefix)}
+        return {rev: n for rev, n in out.items() if n}
+    return None
 
 
 def test_hundred_sessions_through_one_chain_during_a_rollout(demo: Demo) -> None:
