@@ -325,9 +325,6 @@ def test_node_addresses_are_exempt_candidates() -> None:
 def test_demo_batches_get_fresh_labels() -> None:
     """A batch is known by its label: a reused one would count an earlier batch's
     sessions (the cause of the first 100-session rollout test's timeout)."""
-    from dysco.demo.driver import Demo
-    demo = Demo.__new__(Demo)
-    demo.labels = set()
-    assert demo.fresh_label("rollout") == "rollout"
-    demo.labels |= {"rollout", "rollout-2"}
-    assert demo.fresh_label("rollout") == "rollout-3"
+    from dysco.demo.driver import fresh
+    assert fresh("rollout", set()) == "rollout"
+    assert fresh("rollout", {"rollout", "rollout-2", "long"}) == "rollout-3"

@@ -199,13 +199,11 @@ class Demo:
         return str(self.k.ready_pods("app=server")[0].metadata.name)
 
     def fresh_label(self, name: str) -> str:
-        """`name`, or `name-2`, `name-3`... if a batch had it: a batch is known by its
-        label, and a reused one would count an earlier batch's sessions as its own."""
-        label, i = name, 1
-        while label in self.labels:
-            i += 1
-            label = f"{name}-{i}"
-        return label
+        """A label no batch of the client had, this run or an earlier one on the same
+        client pod (`dysco demo` run again): a batch is known by its label, and a reused
+        one would count an earlier batch's sessions as its own."""
+        sessions = self.k.pod_http(self.client_pod(), HTTP, "sessions")["sessions"]
+        return fresh(name, self.labels | {s["label"] for s in sessions})
 
     def start(self, label: str, n: int, rate: int | None = None) -> None:
         """Open `n` sessions (each sending `rate` B/s, default the demo's) and wait until
@@ -392,6 +390,15 @@ class Demo:
         return r
 
 
+def fresh(name: str, used: set[str]) -> str:
+    """`name`, or `name-2`, `name-3`... whichever is not in `used`."""
+    label, i = name, 1
+    while label in used:
+        i += 1
+        label = f"{name}-{i}"
+    return label
+
+
 def _revs(revs: dict[str, int]) -> str:
     return ",".join(f"r{k}:{v}" for k, v in sorted(revs.items())) or "-"
 
@@ -420,13 +427,14 @@ def run(args: argparse.Namespace) -> int:
     # with the insertion step the chain starts with the proxy only (fw comes in live)
     demo.setup(("proxy",) if "insert" in steps else ("fw", "proxy"))
     demo.say(f"long batch: {args.sessions} sessions through the chain for the whole demo")
-    demo.start("long", args.sessions)
+    long_label = demo.fresh_label("long")
+    demo.start(long_label, args.sessions)
     runners = {"insert": demo.step_insert, "rollout": demo.step_rollout,
                "drain": demo.step_drain, "remove": demo.step_remove,
                "new-sessions-only": demo.step_new_only}
     for s in steps:
         rows.append(runners[s]())
-    long = demo.finish("long", args.sessions)
+    long = demo.finish(long_label, args.sessions)
     rows.append(StepResult(step="long (all steps)", ok=long.ok, sessions=long.sessions,
                            resets=long.resets, bytes_verified=long.bytes_verified,
                            seconds=round(now() - demo.t0, 1), problems=long.problems))
