@@ -343,6 +343,14 @@ class Agent(Reconfigurer):
             "timers": len(self._timers),
         }
 
+    def forget(self, sid: int, how: str, now: float) -> list[Action]:
+        """Free an offloaded session whose end only the driver saw (core/offload.py)."""
+        self._begin(now)
+        s = self.sessions.get(sid)
+        if s is not None and s.offloaded:
+            self._free_session(s, how)
+        return self._end()
+
     def session_of(self, t: Tuple4) -> Session | None:
         side = self.by_out.get(t) or self.by_out.get(reverse(t))
         return side.session if side is not None else None

@@ -1,0 +1,77 @@
+"""What a driver's kernel fast path may take over, and handing sessions back and forth.
+
+An end host's session in its steady state is a fixed rewrite: the session tuple to one
+subsession tuple plus constant sequence offsets. A driver can have the kernel do that
+(conntrack NAT and seqadj, see docs/dataplane.md) and stop showing the core the
+session's packets. The core keeps the session (reconfiguration, teardown), marked
+`offloaded`; the driver hands it back before a reconfiguration needs per-packet
+decisions, and tells the core when the kernel saw the session end.
+
+While offloaded the core's stream tracking goes stale; the core relearns it from the
+first packets after the hand-back (acks bound what was sent, datapath.track_*), which
+is why a driver must hand the session back when the reconfiguration *starts* (lock),
+an RTT or more before cutoffs are taken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .actions import Action
+from .agent import Agent
+from .state import Lock, Phase, Session, Side, Tuple4
+
+
+@dataclass(frozen=True, slots=True)
+class Offload:
+    """The fixed rewrite of one end host's session, as the kernel should apply it."""
+
+    sid: int
+    local_out: Tuple4  # (src, dst, sport, dport) of packets the app sends
+    sub_out: Tuple4  # what they become on the wire
+    snd_off: int  # wire seq = local seq + snd_off (our stream)
+    rcv_off: int  # local seq = wire seq + rcv_off (the peer's stream)
+
+
+def _steady(side: Side) -> bool:
+    s = side.session
+    return (
+        len(s.sides) == 1
+        and not s.torn and s.closing_at is None and s.removal is None
+        and not s.pending_hops
+        and side.phase is Phase.ONE_PATH and side.rc is None and side.new is None
+        and side.lock is Lock.UNLOCKED and side.retry is None and side.saved is None
+        and side.isn_in is not None and side.isn_out is not None
+        and side.snd_acked is not None and side.rcv_acked is not None
+        and side.fin_in is None and side.fin_out is None
+    )
+
+
+def candidate(agent: Agent, local_out: Tuple4) -> Offload | None:
+    """The rewrite for the session whose app sends `local_out`, if it can be offloaded
+    now: an end host (one side), handshake done, no FIN, no reconfiguration."""
+    side = agent.by_out.get(local_out)
+    if side is None or side.session.offloaded or not _steady(side):
+        return None
+    p = side.path
+    return Offload(side.session.sid, side.out_key, p.sub_out, p.snd_off, p.rcv_off)
+
+
+def set_offloaded(agent: Agent, sid: int, on: bool, now: float) -> Session | None:
+    """Record that the kernel took the session over (`on`) or handed it back."""
+    s = agent.sessions.get(sid)
+    if s is not None:
+        s.offloaded = on
+        s.last_activity = now
+    return s
+
+
+def reconfiguring(agent: Agent) -> list[int]:
+    """Offloaded sessions that a reconfiguration anchored here has reached: the driver
+    must hand them back at once."""
+    return [side.session.sid for side in agent.by_rid.values() if side.session.offloaded]
+
+
+def ended(agent: Agent, sid: int, how: str, now: float) -> list[Action]:
+    """The kernel saw an offloaded session end (its entry expired or was closed)."""
+    return agent.forget(sid, how, now)
