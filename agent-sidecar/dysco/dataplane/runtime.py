@@ -39,11 +39,13 @@ from dysco.core.actions import Action, Hook, Inject, Notify, SendControl, Verdic
 from dysco.core.events import Event
 
 from . import netns, nfq, rules, segment
+from .fastpath import FastPath
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 CONTROL_PORT = 2016
+_CT_EVENTS = "conntrack-events"  # selector tag of a pod's fast-path event socket
 _SO_MARK = 36
 
 
@@ -97,6 +99,7 @@ class Pod:
         self.queues = queues
         self.stats = PodStats()
         self.control_port = control_port
+        self.fast: FastPath | None = None  # kernel fast path (fastpath.py), if enabled
         self.control = netns.open_socket(spec.ns, socket.AF_INET, socket.SOCK_DGRAM)
         self.raw = netns.open_socket(spec.ns, socket.AF_INET, socket.SOCK_RAW,
                                      socket.IPPROTO_RAW)
@@ -152,13 +155,14 @@ class Runtime:
                  variant: rules.Variant | None = None, control_port: int = CONTROL_PORT,
                  queue_in: int = rules.DEFAULT_QUEUE_IN,
                  queue_out: int = rules.DEFAULT_QUEUE_OUT, mark: int = rules.DEFAULT_MARK,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, fastpath: bool = True) -> None:
         self.factory = factory or self._core_agent
         self.backend = nfq.BACKENDS[backend]
         self.variant = variant or rules.detect_variant()
         self.control_port = control_port
         self.queue_in, self.queue_out, self.mark = queue_in, queue_out, mark
         self.clock = clock
+        self.fastpath = fastpath  # offload steady end-host sessions to the kernel
         self.pods: dict[str, Pod] = {}
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -200,6 +204,13 @@ class Runtime:
             self._selector.register(queue.fileno(), selectors.EVENT_READ, (pod, hook))
         self._selector.register(pod.control, selectors.EVENT_READ, (pod, None))
         self.pods[spec.ns] = pod
+        if self.fastpath and isinstance(pod.processor, Agent):
+            try:
+                pod.fast = FastPath(spec.ns, pod.processor, self.mark)
+                self._selector.register(pod.fast.fileno(), selectors.EVENT_READ,
+                                        (pod, _CT_EVENTS))
+            except OSError as exc:  # no ctnetlink: every session stays on the queues
+                log.warning("%s: no fast path: %s", spec.ns, exc)
         try:
             interception.install()
         except BaseException:
@@ -214,6 +225,7 @@ class Runtime:
         if pod is None:
             return
         try:
+            self._close_fast(pod)
             if netns.exists(ns):
                 pod.interception.remove()
         finally:
@@ -229,12 +241,19 @@ class Runtime:
         attaches again the pod's TCP packets are dropped, never passed unrewritten.
         Returns the pod's processor (to snapshot)."""
         pod = self.pods.pop(ns)
+        self._close_fast(pod)  # the restored core starts with every session on the queues
         for queue in pod.queues.values():
             self._selector.unregister(queue.fileno())
         self._selector.unregister(pod.control)
         pod.close_sockets()
         log.info("suspended %s (rules kept: its packets are dropped)", ns)
         return pod.processor
+
+    def _close_fast(self, pod: Pod) -> None:
+        if pod.fast is not None:
+            self._selector.unregister(pod.fast.fileno())
+            pod.fast.close(self.clock())
+            pod.fast = None
 
     def close(self) -> None:
         for ns in list(self.pods):
@@ -305,6 +324,8 @@ class Runtime:
             pod, hook = key.data
             if hook is None:
                 self._on_control(pod)
+            elif hook == _CT_EVENTS and pod.fast is not None:
+                self._execute(pod, pod.fast.ended(self.clock()))
             else:
                 self._on_queue(pod, hook)
         self._run_pending()
@@ -331,6 +352,12 @@ class Runtime:
     def execute_command(self, pod: Pod, command: Any) -> None:
         """Give `pod`'s core a command now; only from the loop thread (`on_notify`)."""
         self._execute(pod, pod.processor.command(command, self.clock()))
+        self._settle(pod)
+
+    def _settle(self, pod: Pod) -> None:
+        """Let the fast path follow the core after a batch of inputs."""
+        if pod.fast is not None:
+            pod.fast.settle(self.clock())
 
     def _run_timers(self) -> None:
         now = self.clock()
@@ -338,10 +365,12 @@ class Runtime:
             deadline = pod.processor.next_deadline()
             if deadline is not None and deadline <= now:
                 self._execute(pod, pod.processor.timer(now))
+                self._settle(pod)
 
     def _on_queue(self, pod: Pod, hook: Hook) -> None:
         queue = pod.queues[hook]
         stats = pod.stats
+        fast = pod.fast
         for pkt in queue.receive():
             stats.packets += 1
             stats.truncated += pkt.truncated
@@ -353,6 +382,8 @@ class Runtime:
                 queue.drop(pkt)
                 continue
             verdict = actions[0] if actions else None
+            if fast is not None and isinstance(verdict, Verdict):
+                fast.saw(hook, pkt.data, verdict.data)
             if not isinstance(verdict, Verdict):
                 log.error("%s: core gave no verdict first (%r); dropped", pod.spec.ns, actions)
                 stats.errors += 1
@@ -374,7 +405,8 @@ class Runtime:
                 # its first part would arrive reordered.
                 queue.flush()
                 self._execute(pod, actions[1:])
-        queue.flush()
+        queue.flush()  # before offloading: these verdicts must meet the old ct state
+        self._settle(pod)
 
     def _on_control(self, pod: Pod) -> None:
         while True:
@@ -388,6 +420,7 @@ class Runtime:
                 raise
             pod.stats.control_in += 1
             self._execute(pod, pod.processor.control(ip_to_int(src), payload, self.clock()))
+            self._settle(pod)
 
     def _execute(self, pod: Pod, actions: Iterable[Action]) -> None:
         for action in actions:
@@ -403,6 +436,8 @@ class Runtime:
                 case Notify(event=event):
                     pod.stats.notifications[type(event).__name__] += 1
                     log.debug("%s: %r", pod.spec.ns, event)
+                    if pod.fast is not None:
+                        pod.fast.notice(event)
                     if self.on_notify is not None:
                         self.on_notify(pod, event)
                 case Verdict():
@@ -416,5 +451,8 @@ class Runtime:
             s = pod.stats
             out[ns] = {k: v for k, v in vars(s).items() if k != "notifications"}
             out[ns]["notifications"] = dict(s.notifications)
+            if pod.fast is not None:
+                out[ns]["fastpath"] = {**vars(pod.fast.stats),
+                                       "sessions": len(pod.fast.installed)}
         return out
 

@@ -71,7 +71,8 @@ def _run(args: argparse.Namespace) -> int:
         print("dysco lab run: give --scenario NAME or --list", file=sys.stderr)
         return 2
     opts = scenarios.Options(bytes=args.bytes, sessions=args.sessions, timeout=args.timeout,
-                             backend=args.backend, rate=args.rate)
+                             backend=args.backend, rate=args.rate,
+                             fastpath=args.fastpath)
     result = scenarios.run(args.scenario, _lab(args), opts)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -93,7 +94,8 @@ def _agents(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with LabAgents(lab, [p.short for p in lab.pods()], backend=args.backend) as agents:
+    with LabAgents(lab, [p.short for p in lab.pods()], backend=args.backend,
+                   fastpath=args.fastpath) as agents:
         agents.set_chain("client", "server", args.hops, set(args.ports))
         print(json.dumps({"serving": str(control.socket_path(lab.prefix)),
                           "chain": ["client", *args.hops, "server"], "ports": args.ports}),
@@ -101,6 +103,11 @@ def _agents(args: argparse.Namespace) -> int:
         stop.wait()
         print(json.dumps(agents.stats()), flush=True)
     return 0
+
+
+def add_fastpath_switch(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fastpath", action=argparse.BooleanOptionalAction, default=True,
+                   help="end hosts offload steady sessions to conntrack (default on)")
 
 
 def add_lab_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -120,6 +127,7 @@ def add_lab_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
                     help="chain of new client -> server sessions, e.g. mb1,mb3")
     ag.add_argument("--ports", type=int, nargs="+", default=[5001])
     ag.add_argument("--backend", choices=sorted(nfq.BACKENDS), default="raw")
+    add_fastpath_switch(ag)
     ag.set_defaults(func=_agents)
     run = sub.add_parser("run", help="run a scenario (brings the lab up if needed)")
     _common(run)
@@ -134,6 +142,7 @@ def add_lab_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
                      "(e.g. 32K with --sessions 200; default: as fast as possible)")
     run.add_argument("--backend", choices=sorted(nfq.BACKENDS), default="raw",
                      help="NFQUEUE backend of the Dysco agents")
+    add_fastpath_switch(run)
     run.add_argument("--json", action="store_true", help="print the full result as JSON")
     run.set_defaults(func=_run)
 

@@ -1,0 +1,277 @@
+"""The kernel fast path of one pod: end-host sessions rewritten by conntrack.
+
+Python handles a session's handshake (the core builds the chain from the SYN); once
+the core calls it steady (`core.offload.candidate`) the fast path installs, in one
+batch per drained queue:
+
+* a conntrack entry made through ctnetlink: original tuple = the session as the app
+  sends it, NAT to the subsession tuple, seqadj = the path's offsets (conntrack.py);
+  its mark carries `mark` (the bit our NFQUEUE chains skip on) plus a generation;
+* the subsession's inbound tuple in set ``sessions_in``, the session's outbound tuple
+  in set ``sessions_out``.
+
+Table ``ip dysco_fastpath`` (created at the first offload, so pods that never end a
+session, middleboxes, are left alone) then splits the pod's TCP in two:
+
+* Offloaded sessions: inbound, a set lookup at prerouting -310 sets the skip bit (our
+  queue sits in raw -300, before conntrack, so no ct state is known there); outbound,
+  ``ct mark`` at postrouting -160 does (before the queue in mangle -150). Conntrack
+  matches them to their entries and NAT and seqadj rewrite them.
+* All other TCP is ``notrack`` (prerouting and output -310): the queue path works as
+  without the fast path, and its packets never meet NAT. Otherwise NAT would give the
+  queue path's connections null bindings, whose port clash handling may rewrite a
+  packet the core already rewrote, and an entry made for a session's handshake
+  would clash with the one installed for it.
+
+The table's empty NAT chains register the NAT hooks that the entries' NAT needs; its
+``ct`` expression turns conntrack on in the namespace.
+
+Back to the queues: a session that a reconfiguration anchored here reaches is handed
+back at once (set element first, then the entry, so a packet never goes unrewritten),
+and offloaded again with its new offsets when the reconfiguration is done. The kernel
+reports an entry's end with a destroy event (matched on tuple and generation); the core
+then forgets the session and the set element goes. Whatever cannot be installed (no
+nf_conntrack/nf_tables, a netlink error) leaves the session on the queue path, counted
+in `FastStats`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import subprocess
+from dataclasses import dataclass
+
+from dysco.core import Agent
+from dysco.core import offload as core_offload
+from dysco.core.actions import Action, Hook
+from dysco.core.events import Event, ReconfigDone, SessionClosed
+
+from . import conntrack, netns, nftset
+
+log = logging.getLogger(__name__)
+
+TABLE = "dysco_fastpath"
+SET_IN = "sessions_in"
+SET_OUT = "sessions_out"
+_GEN_MASK = 0x3FFFF  # generation bits of the ct mark (below the skip bit)
+_ENOENT = 2
+Tuple4 = tuple[int, int, int, int]
+
+
+def table_script(mark: int) -> str:
+    key = "ip saddr . tcp sport . ip daddr . tcp dport"
+    return f"""table ip {TABLE} {{
+  set {SET_IN} {{ type ipv4_addr . inet_service . ipv4_addr . inet_service; size 1048576; }}
+  set {SET_OUT} {{ type ipv4_addr . inet_service . ipv4_addr . inet_service; size 1048576; }}
+  chain skip_in {{ type filter hook prerouting priority -310;
+    ip protocol tcp {key} @{SET_IN} meta mark set meta mark | {mark:#x} return
+    ip protocol tcp notrack; }}
+  chain track_out {{ type filter hook output priority -310;
+    ip protocol tcp {key} @{SET_OUT} return
+    ip protocol tcp notrack; }}
+  chain skip_out {{ type filter hook postrouting priority -160;
+    ct mark & {mark:#x} == {mark:#x} meta mark set meta mark | {mark:#x}; }}
+  chain nat_pre {{ type nat hook prerouting priority -100; }}
+  chain nat_in {{ type nat hook input priority 100; }}
+  chain nat_out {{ type nat hook output priority -100; }}
+  chain nat_post {{ type nat hook postrouting priority 100; }}
+}}
+"""
+
+
+@dataclass
+class FastStats:
+    offloaded: int = 0      # sessions handed to the kernel (re-offloads included)
+    returned: int = 0       # handed back to the queues (reconfiguration)
+    ended: int = 0          # ended in the kernel (destroy event)
+    failed: int = 0         # install refused (netlink error): stayed on the queue path
+    unavailable: int = 0    # the table could not be created: the pod has no fast path
+    events_lost: int = 0    # destroy-event socket overruns
+
+
+@dataclass(frozen=True, slots=True)
+class _Installed:
+    orig: Tuple4
+    inbound: Tuple4
+    mark: int
+
+
+class FastPath:
+    """Fast-path state of one pod; driven by the runtime's loop thread only."""
+
+    def __init__(self, ns: str, agent: Agent, mark: int) -> None:
+        self.ns = ns
+        self.agent = agent
+        self.mark = mark
+        self.stats = FastStats()
+        self.installed: dict[int, _Installed] = {}     # by core session id
+        self.by_orig: dict[Tuple4, int] = {}
+        self._candidates: set[Tuple4] = set()
+        self._refused: set[int] = set()
+        self._gen = 0
+        self._ready = False
+        self._broken = False
+        self.ct = conntrack.Conntrack(ns)
+        try:
+            self.events = conntrack.Conntrack(ns, events=True)
+        except OSError:
+            self.ct.close()
+            raise
+        self._set: nftset.SetElements | None = None
+
+    def fileno(self) -> int:
+        """The destroy-event socket, for the runtime's selector."""
+        return self.events.fileno()
+
+    # --- the runtime's hooks --------------------------------------------------------
+
+    def saw(self, hook: Hook, before: bytes, after: bytes | None) -> None:
+        """A packet went through the core: its session may have become steady."""
+        if self._broken:
+            return
+        data = before if hook is Hook.OUTPUT else after
+        if data is None or len(data) < 24 or data[9] != 6:
+            return
+        ihl = (data[0] & 0x0F) * 4
+        t = (int.from_bytes(data[12:16], "big"), int.from_bytes(data[16:20], "big"),
+             int.from_bytes(data[ihl:ihl + 2], "big"),
+             int.from_bytes(data[ihl + 2:ihl + 4], "big"))
+        self._candidates.add(t if hook is Hook.OUTPUT else (t[1], t[0], t[3], t[2]))
+
+    def notice(self, event: Event) -> None:
+        """A core notification: a finished reconfiguration may offload again."""
+        if isinstance(event, ReconfigDone):
+            t = event.session
+            self._candidates.update((t, (t[1], t[0], t[3], t[2])))
+        elif isinstance(event, SessionClosed):
+            sid = next((self.by_orig[k] for k in (event.session, _rev(event.session))
+                        if k in self.by_orig), None)
+            if sid is not None:
+                self._remove([sid], delete_entries=True)
+
+    def settle(self, now: float) -> None:
+        """After a batch of inputs: hand back what a reconfiguration reached, then
+        offload what became steady."""
+        back = core_offload.reconfiguring(self.agent)
+        if back:
+            self._remove(back, delete_entries=True)
+            for sid in back:
+                core_offload.set_offloaded(self.agent, sid, False, now)
+            self.stats.returned += len(back)
+        if self._candidates:
+            keys, self._candidates = self._candidates, set()
+            self._offload(keys, now)
+
+    def ended(self, now: float) -> list[Action]:
+        """Drain destroy events: sessions whose entry the kernel dropped end in the core."""
+        events, lost = self.events.events()
+        self.stats.events_lost += lost
+        gone: list[int] = []
+        for ev in events:
+            sid = self.by_orig.get(ev.orig)
+            if sid is not None and self.installed[sid].mark == ev.mark:
+                gone.append(sid)
+        if not gone:
+            return []
+        self._remove(gone, delete_entries=False)
+        self.stats.ended += len(gone)
+        actions: list[Action] = []
+        for sid in gone:
+            actions += core_offload.ended(self.agent, sid, "kernel", now)
+        return actions
+
+    def close(self, now: float) -> None:
+        """Hand every session back and remove the table (pod detached or suspended)."""
+        sids = list(self.installed)
+        self._remove(sids, delete_entries=True)
+        for sid in sids:
+            core_offload.set_offloaded(self.agent, sid, False, now)
+        if self._ready and netns.exists(self.ns):
+            netns.run(self.ns, ["nft", "delete", "table", "ip", TABLE], check=False)
+        if self._set is not None:
+            self._set.close()
+        self.ct.close()
+        self.events.close()
+
+    # --- kernel state ---------------------------------------------------------------
+
+    def _setup(self) -> bool:
+        if not self._ready and not self._broken:
+            try:
+                netns.run(self.ns, ["nft", "-f", "-"], stdin=table_script(self.mark))
+                self._set = nftset.SetElements(self.ns, TABLE)
+                self._ready = True
+            except (OSError, subprocess.CalledProcessError) as exc:
+                log.warning("%s: no fast path (%s); sessions stay on NFQUEUE", self.ns, exc)
+                self._broken = True
+                self.stats.unavailable += 1
+        return self._ready
+
+    def _offload(self, keys: set[Tuple4], now: float) -> None:
+        offers = [o for o in (core_offload.candidate(self.agent, k) for k in keys)
+                  if o is not None and o.sid not in self._refused]
+        if not offers or not self._setup():
+            return
+        assert self._set is not None
+        entries = []
+        for o in offers:
+            self._gen = (self._gen + 1) & _GEN_MASK
+            entries.append(conntrack.Entry(
+                o.local_out, o.sub_out, o.snd_off, o.rcv_off, self.mark | self._gen,
+                int(self.agent.config.idle_timeout)))
+        errs = self.ct.transact([functools.partial(conntrack.new_message, e) for e in entries])
+        done = []
+        for o, e, err in zip(offers, entries, errs, strict=True):
+            if err:
+                log.warning("%s: conntrack entry for session %d refused (errno %d)",
+                            self.ns, o.sid, err)
+                self._refused.add(o.sid)
+                self.stats.failed += 1
+            else:
+                done.append((o, e))
+        failed = dict(self._set.change(True, SET_IN, [_rev(o.sub_out) for o, _ in done]))
+        failed |= dict(self._set.change(True, SET_OUT, [o.local_out for o, _ in done]))
+        dropped = []
+        for o, e in done:
+            inbound = _rev(o.sub_out)
+            if inbound in failed or o.local_out in failed:
+                self._refused.add(o.sid)
+                self.stats.failed += 1
+                dropped.append(e.orig)
+                continue
+            self.installed[o.sid] = _Installed(e.orig, inbound, e.mark)
+            self.by_orig[e.orig] = o.sid
+            core_offload.set_offloaded(self.agent, o.sid, True, now)
+            self.stats.offloaded += 1
+        if dropped:
+            self.ct.transact([functools.partial(conntrack.delete_message, t) for t in dropped])
+            self._set.change(False, SET_IN, [_rev(o.sub_out) for o, e in done
+                                             if e.orig in dropped])
+            self._set.change(False, SET_OUT, dropped)
+
+    def _remove(self, sids: list[int], delete_entries: bool) -> None:
+        """Forget kernel state: set elements first (the packets queue again, untracked),
+        then the entries."""
+        gone = [self.installed.pop(sid) for sid in sids if sid in self.installed]
+        for inst in gone:
+            del self.by_orig[inst.orig]
+        if not gone:
+            return
+        if self._set is not None:
+            for name, keys in ((SET_IN, [i.inbound for i in gone]),
+                               (SET_OUT, [i.orig for i in gone])):
+                for t, err in self._set.change(False, name, keys):
+                    if err != _ENOENT:
+                        log.warning("%s: %s element %s not removed (errno %d)",
+                                    self.ns, name, t, err)
+        if delete_entries:
+            errs = self.ct.transact(
+                [functools.partial(conntrack.delete_message, inst.orig) for inst in gone])
+            for inst, err in zip(gone, errs, strict=True):
+                if err not in (0, _ENOENT):
+                    log.warning("%s: entry %s not deleted (errno %d)", self.ns, inst.orig, err)
+
+
+def _rev(t: Tuple4) -> Tuple4:
+    return (t[1], t[0], t[3], t[2])
