@@ -17,23 +17,43 @@ from dysco.lab.topology import Lab
 from dysco.middleboxes import Middlebox
 
 LIVE = ["insert", "insert-2", "remove", "replace", "replace-stateful", "remove-proxy"]
+# every data-plane scenario runs with the kernel fast path (default) and without it
+PATHS = pytest.mark.parametrize("fastpath", [True, False], ids=["fast", "queue"])
 
 
+def _offloads(result: dict[str, Any], short: str) -> int:
+    return int(result["agents"][short]["fastpath"]["offloaded"])
+
+
+@PATHS
 @pytest.mark.parametrize("name", ["direct", "chain-fwd", "chain-cross", "chain-3", "nat",
                                   "proxy"])
-def test_chain(lab: Lab, name: str) -> None:
+def test_chain(lab: Lab, name: str, fastpath: bool) -> None:
     result = scenarios.run(name, lab, scenarios.Options(bytes=8 << 20, sessions=2,
-                                                        timeout=15))
+                                                        timeout=15, fastpath=fastpath))
     assert result["ok"], result["failures"]
+    if not fastpath:
+        assert "fastpath" not in result["agents"]["client"]
+        return
+    # the nat scenario's client never sees the SYN-ACK on its side (stays on NFQUEUE)
+    for short in ("server",) if name == "nat" else ("client", "server"):
+        assert _offloads(result, short) == 2, result["agents"][short]
+        assert result["agents"][short]["packets"] < 100, result["agents"][short]
 
 
+@PATHS
 @pytest.mark.parametrize("name", LIVE)
-def test_live_reconfiguration(lab: Lab, name: str) -> None:
+def test_live_reconfiguration(lab: Lab, name: str, fastpath: bool) -> None:
     result = scenarios.run(name, lab, scenarios.Options(bytes=40 << 20, sessions=2,
-                                                        timeout=15))
+                                                        timeout=15, fastpath=fastpath))
     assert result["ok"], result["failures"]
     assert result["client_packets"]["final"] > result["client_packets"]["at_done"]
     assert result["order"]["ok"] and result["order"]["done"] == 2, result["order"]
+    if fastpath:
+        # handed back to NFQUEUE for the reconfiguration, offloaded again after it
+        for short in ("client", "server"):
+            fast = result["agents"][short]["fastpath"]
+            assert fast["returned"] == 2 and fast["offloaded"] == 4, fast
 
 
 def test_stateful_replace_needs_the_state() -> None:

@@ -24,7 +24,7 @@ NETLINK_NETFILTER = 12
 GROUP_DESTROY = 3  # NFNLGRP_CONNTRACK_DESTROY
 _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33
 _SOL_NETLINK, _NETLINK_ADD_MEMBERSHIP = 270, 1
-_CT_NEW, _CT_DELETE = 0x100, 0x102
+_CT_NEW, _CT_GET, _CT_DELETE = 0x100, 0x101, 0x102
 _F_REQUEST, _F_ACK, _F_EXCL, _F_CREATE = 1, 4, 0x200, 0x400
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _NESTED = 0x8000
@@ -99,6 +99,11 @@ def new_message(e: Entry, seqno: int) -> bytes:
         _seqadj(_CTA_SEQ_ADJ_REPLY, e.reply_off),
     ])
     return _message(_CT_NEW, _F_REQUEST | _F_ACK | _F_CREATE | _F_EXCL, seqno, attrs)
+
+
+def get_message(reply: Tuple4, seqno: int) -> bytes:
+    """CT_GET by reply tuple: answered with errno 0 if an entry has exactly that one."""
+    return _message(_CT_GET, _F_REQUEST | _F_ACK, seqno, _tuple(_CTA_TUPLE_REPLY, reply))
 
 
 def delete_message(orig: Tuple4, seqno: int) -> bytes:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 import logging
 import subprocess
+import time
 from dataclasses import dataclass
 
 from dysco.core import Agent
@@ -88,6 +89,7 @@ class FastStats:
     failed: int = 0         # install refused (netlink error): stayed on the queue path
     unavailable: int = 0    # the table could not be created: the pod has no fast path
     events_lost: int = 0    # destroy-event socket overruns
+    install_s: float = 0.0  # wall time spent installing (netlink round trips included)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +216,7 @@ class FastPath:
         if not offers or not self._setup():
             return
         assert self._set is not None
+        t0 = time.perf_counter()
         entries = []
         for o in offers:
             self._gen = (self._gen + 1) & _GEN_MASK
@@ -221,8 +224,19 @@ class FastPath:
                 o.local_out, o.sub_out, o.snd_off, o.rcv_off, self.mark | self._gen,
                 int(self.agent.config.idle_timeout)))
         errs = self.ct.transact([functools.partial(conntrack.new_message, e) for e in entries])
+        # NAT keeps tuples unique: where the wanted ports clash with another entry's
+        # (an app's ephemeral port equal to a subsession port), the kernel picks other
+        # ports instead of failing. Such an entry would rewrite wrongly: look each up by
+        # the reply tuple we asked for, and keep the sessions not found on the queues.
+        found = self.ct.transact([functools.partial(conntrack.get_message, _rev(e.nat_out))
+                                  for e, err in zip(entries, errs, strict=True) if not err])
+        clashed = []
+        it = iter(found)
+        errs = [err or next(it) for err in errs]
         done = []
         for o, e, err in zip(offers, entries, errs, strict=True):
+            if err == _ENOENT:
+                clashed.append(functools.partial(conntrack.delete_message, e.orig))
             if err:
                 log.warning("%s: conntrack entry for session %d refused (errno %d)",
                             self.ns, o.sid, err)
@@ -230,6 +244,8 @@ class FastPath:
                 self.stats.failed += 1
             else:
                 done.append((o, e))
+        if clashed:
+            self.ct.transact(clashed)
         failed = dict(self._set.change(True, SET_IN, [_rev(o.sub_out) for o, _ in done]))
         failed |= dict(self._set.change(True, SET_OUT, [o.local_out for o, _ in done]))
         dropped = []
@@ -249,6 +265,7 @@ class FastPath:
             self._set.change(False, SET_IN, [_rev(o.sub_out) for o, e in done
                                              if e.orig in dropped])
             self._set.change(False, SET_OUT, dropped)
+        self.stats.install_s += time.perf_counter() - t0
 
     def _remove(self, sids: list[int], delete_entries: bool) -> None:
         """Forget kernel state: set elements first (the packets queue again, untracked),

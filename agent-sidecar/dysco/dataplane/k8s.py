@@ -46,10 +46,10 @@ def core_policies(policies: Sequence[k8s.Policy]) -> tuple[Policy, ...]:
 class NodeDataPlane:
     """All pods of one node, served by one runtime thread."""
 
-    def __init__(self, backend: str = "raw") -> None:
+    def __init__(self, backend: str = "raw", fastpath: bool = True) -> None:
         self.keys: tuple[tuple[int, bytes], ...] = ()
         self.current_key = 0
-        self.runtime = Runtime(self._agent, backend=backend)
+        self.runtime = Runtime(self._agent, backend=backend, fastpath=fastpath)
         self.runtime.on_notify = self._on_notify
         self.pods: dict[str, PodSpec] = {}
         self.chains: dict[str, k8s.Chain] = {}
@@ -160,5 +160,7 @@ class NodeDataPlane:
 
 def create_dataplane() -> NodeDataPlane:
     """Entry point for ``dysco k8s agent --dataplane dysco.dataplane.k8s:create_dataplane``;
-    ``DYSCO_NFQ_BACKEND`` picks the NFQUEUE backend (raw, binding)."""
-    return NodeDataPlane(backend=os.environ.get("DYSCO_NFQ_BACKEND", "raw"))
+    ``DYSCO_NFQ_BACKEND`` picks the NFQUEUE backend (raw, binding); ``DYSCO_FASTPATH=0``
+    (``--no-fastpath``) keeps every session on NFQUEUE."""
+    return NodeDataPlane(backend=os.environ.get("DYSCO_NFQ_BACKEND", "raw"),
+                         fastpath=os.environ.get("DYSCO_FASTPATH", "1") != "0")

@@ -151,13 +151,16 @@ def _bench(args: argparse.Namespace) -> int:
     lab = _lab(args)
     lab.up()
     load = Path("/proc/loadavg").read_text().split()[:3]
-    rows = [bench.measure(lab, "plain routing", seconds=args.seconds, count=args.count)]
+    rows = [bench.measure(lab, "plain routing", seconds=args.seconds, count=args.count),
+            bench.measure_conntrack(lab, ["client", "mb1", "mb3", "server"],
+                                    seconds=args.seconds, count=args.count)]
     reconfigs: list[dict[str, object]] = []
     if not args.plain_only:
-        for hops in (["mb1"], ["mb1", "mb3"]):
-            for backend in args.backends:
-                rows.append(bench.measure_dysco(lab, hops, backend, seconds=args.seconds,
-                                                count=args.count))
+        for hops in ([], ["mb1"], ["mb1", "mb3"]):
+            for fastpath in (True, False):
+                for backend in args.backends if hops and not fastpath else args.backends[:1]:
+                    rows.append(bench.measure_dysco(lab, hops, backend, seconds=args.seconds,
+                                                    count=args.count, fastpath=fastpath))
         for n in args.reconfig_sessions:
             reconfigs.append(bench.reconfiguration(lab, n, args.backends[0]))
     print(bench.table(rows))

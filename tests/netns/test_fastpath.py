@@ -1,0 +1,130 @@
+"""The kernel fast path: real conntrack entries, real nftables sets, real TCP.
+
+Offloaded sessions must end without leaving kernel or core state behind, and whatever
+the kernel refuses leaves sessions on the queue path (counted), never broken.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from dysco.dataplane import conntrack, fastpath, netns
+from dysco.lab import scenarios
+from dysco.lab.agents import LabAgents
+from dysco.lab.topology import Lab
+
+ECHO_PORT = 5002
+# conntrack state timeouts after a close, shortened so ended sessions go in seconds
+SHORT_TIMEOUTS = {f"net.netfilter.nf_conntrack_tcp_timeout_{k}": "1"
+                  for k in ("time_wait", "close", "close_wait", "fin_wait", "last_ack")}
+
+
+def _kernel_state(ns: str) -> tuple[int, int]:
+    """Conntrack entries and fast-path set elements in `ns` (the table may be gone)."""
+    entries = int(netns.run(ns, ["conntrack", "-C"]).stdout.strip() or 0)
+    listing = netns.run(ns, ["nft", "-j", "list", "table", "ip", fastpath.TABLE],
+                        check=False)
+    elements = 0
+    if listing.returncode == 0:
+        for item in json.loads(listing.stdout)["nftables"]:
+            elements += len(item.get("set", {}).get("elem", []))
+    return entries, elements
+
+
+def _fast(agents: LabAgents, short: str) -> dict[str, Any]:
+    """The pod's fast-path counters, its installed sessions and its core's offloaded
+    sessions, read in the agents' loop thread."""
+    def read() -> dict[str, Any]:
+        pod = agents.runtime.pods[agents.lab.pod(short).name]
+        assert pod.fast is not None
+        core = pod.fast.agent
+        return {**vars(pod.fast.stats), "installed": len(pod.fast.installed),
+                "core_offloaded": sum(s.offloaded for s in core.sessions.values())}
+    return agents.runtime.call(read)
+
+
+def test_no_leak_after_10000_sessions(lab: Lab) -> None:
+    """10,000 sessions open (client -> server, fast path) and close; once conntrack
+    dropped their entries nothing is left: no entry, no set element, no installed or
+    offloaded session."""
+    client, server = lab.pod("client"), lab.pod("server")
+    n = 10_000
+    with LabAgents(lab, ["client", "server"]) as agents:
+        agents.set_chain("client", "server", [], {ECHO_PORT})
+        echo = subprocess.Popen(netns.argv(server.name, [
+            sys.executable, "-m", "dysco.lab.pingpong", "server", "--host", server.ip,
+            "--port", str(ECHO_PORT)]), stdout=subprocess.PIPE, text=True)
+        hold = None
+        try:
+            assert echo.stdout is not None and echo.stdout.readline().strip() == "READY"
+            # all open at once (echoed, so past the handshake), then all closed
+            hold = subprocess.Popen(netns.argv(client.name, [
+                "prlimit", f"--nofile={n + 1000}", sys.executable, "-m",
+                "dysco.lab.pingpong", "hold", "--host", server.ip, "--port", str(ECHO_PORT),
+                "--count", str(n)]), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert hold.stdout is not None and hold.stdin is not None
+            assert json.loads(hold.stdout.readline())["open"] == n
+            hold.stdin.write("go\n")
+            hold.stdin.flush()
+            assert json.loads(hold.stdout.readline()) == {"ok": n, "failed": 0}
+            assert hold.wait(30) == 0
+            for ns in (client.name, server.name):
+                netns.sysctl(ns, SHORT_TIMEOUTS)
+            deadline = time.monotonic() + 60
+            while True:
+                state = {s: (_fast(agents, s), _kernel_state(lab.pod(s).name))
+                         for s in ("client", "server")}
+                if all(f["installed"] == 0 and k == (0, 0) for f, k in state.values()):
+                    break
+                assert time.monotonic() < deadline, state
+                time.sleep(1)
+        finally:
+            for proc in (hold, echo):
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        for short, (fast, _) in state.items():
+            assert fast["offloaded"] == n, (short, fast)
+            assert fast["ended"] == fast["offloaded"], (short, fast)
+            assert fast["core_offloaded"] == 0 and fast["failed"] == 0, (short, fast)
+
+
+def test_table_unavailable_keeps_the_queue_path(lab: Lab,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """nft refuses the table: every session stays on NFQUEUE, the metric says so."""
+    monkeypatch.setattr(fastpath, "table_script", lambda mark: "table ip broken {")
+    result = scenarios.run("direct", lab, scenarios.Options(bytes=4 << 20, sessions=2,
+                                                            timeout=15))
+    assert result["ok"], result["failures"]
+    for short in ("client", "server"):
+        fast = result["agents"][short]["fastpath"]
+        assert fast["unavailable"] == 1 and fast["offloaded"] == 0, fast
+        assert result["agents"][short]["packets"] > 100
+
+
+def test_refused_entries_keep_the_queue_path(lab: Lab,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """ctnetlink refuses the entries (EINVAL: no timeout attribute): the sessions
+    complete on NFQUEUE and are counted as failed installs."""
+    real = conntrack.new_message
+
+    def without_timeout(e: conntrack.Entry, seqno: int) -> bytes:
+        msg = real(e, seqno)
+        attr = conntrack._attr(7, e.timeout.to_bytes(4, "big"))
+        cut = msg.replace(attr, b"")
+        return len(cut).to_bytes(4, sys.byteorder) + cut[4:]
+
+    monkeypatch.setattr(conntrack, "new_message", without_timeout)
+    result = scenarios.run("direct", lab, scenarios.Options(bytes=4 << 20, sessions=2,
+                                                            timeout=15))
+    assert result["ok"], result["failures"]
+    for short in ("client", "server"):
+        fast = result["agents"][short]["fastpath"]
+        assert fast["failed"] == 2 and fast["offloaded"] == 0, fast
+
