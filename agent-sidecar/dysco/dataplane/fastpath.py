@@ -198,22 +198,28 @@ class FastPath:
 
     # --- kernel state ---------------------------------------------------------------
 
-    def _setup(self) -> bool:
-        if not self._ready and not self._broken:
-            try:
-                netns.run(self.ns, ["nft", "-f", "-"], stdin=table_script(self.mark))
-                self._set = nftset.SetElements(self.ns, TABLE)
-                self._ready = True
-            except (OSError, subprocess.CalledProcessError) as exc:
-                log.warning("%s: no fast path (%s); sessions stay on NFQUEUE", self.ns, exc)
-                self._broken = True
-                self.stats.unavailable += 1
-        return self._ready
+    def _setup(self) -> None:
+        try:
+            netns.run(self.ns, ["nft", "-f", "-"], stdin=table_script(self.mark))
+            self._set = nftset.SetElements(self.ns, TABLE)
+            self._ready = True
+        except (OSError, subprocess.CalledProcessError) as exc:
+            log.warning("%s: no fast path (%s); sessions stay on NFQUEUE", self.ns, exc)
+            self._broken = True
+            self.stats.unavailable += 1
 
     def _offload(self, keys: set[Tuple4], now: float) -> None:
         offers = [o for o in (core_offload.candidate(self.agent, k) for k in keys)
                   if o is not None and o.sid not in self._refused]
-        if not offers or not self._setup():
+        if not offers or self._broken:
+            return
+        if not self._ready:
+            # Packets queued before the table existed were not made untracked: after
+            # their verdicts conntrack would give them entries that clash with the
+            # installed ones. Offload from the next batch on, once they are through.
+            self._setup()
+            if self._ready:
+                self._candidates.update(keys)
             return
         assert self._set is not None
         t0 = time.perf_counter()
