@@ -45,6 +45,8 @@ def track_out(side: Side, pkt: TcpPacket, syn: bool) -> None:
     if n:
         end = (s + n) & seq.MASK
         side.snd_max = end if side.snd_max is None else seq.max_(side.snd_max, end)
+    elif side.snd_max is not None and seq.lt(side.snd_max, s):
+        side.snd_max = s  # a bare ack carries the sender's next sequence number
     if flags & FIN:
         side.fin_out = (s + plen + (1 if syn else 0)) & seq.MASK
     if flags & ACK:

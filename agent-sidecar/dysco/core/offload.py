@@ -72,6 +72,33 @@ def reconfiguring(agent: Agent) -> list[int]:
     return [side.session.sid for side in agent.by_rid.values() if side.session.offloaded]
 
 
+def probe(agent: Agent, sid: int) -> tuple[Tuple4, int, int] | None:
+    """A segment that makes the local socket of a handed-back session answer with an
+    ack carrying its real next sequence number and ack: (tuple as delivered locally,
+    seq, ack). Its seq is below what the socket expects, so the socket drops it and
+    acks (RFC 793, as for a keepalive); the answer passes the core, which relearns the
+    stream it did not see, and reaches the peer, whose core relearns our acks."""
+    s = agent.sessions.get(sid)
+    if s is None or len(s.sides) != 1:
+        return None
+    side = s.sides[0]
+    if side.rcv_acked is None or side.snd_acked is None:
+        return None
+    return side.local, (side.rcv_acked - 1) & 0xFFFFFFFF, side.snd_acked
+
+
+def probe_due(agent: Agent, sid: int) -> bool:
+    """Time to probe a session handed back for a reconfiguration: the right anchor at
+    once (its peer handed back before asking for the lock), the left anchor once
+    locked (the right anchor has handed back by then and sees the answer)."""
+    s = agent.sessions.get(sid)
+    if s is None or len(s.sides) != 1 or s.sides[0].rc is None:
+        return False
+    side = s.sides[0]
+    assert side.rc is not None
+    return side.rc.role == "right" or side.phase is not Phase.REQUESTING
+
+
 def ended(agent: Agent, sid: int, how: str, now: float) -> list[Action]:
     """The kernel saw an offloaded session end (its entry expired or was closed)."""
     return agent.forget(sid, how, now)

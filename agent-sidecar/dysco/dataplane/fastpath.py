@@ -48,7 +48,7 @@ from dysco.core import offload as core_offload
 from dysco.core.actions import Action, Hook
 from dysco.core.events import Event, ReconfigDone, SessionClosed
 
-from . import conntrack, netns, nftset
+from . import checksum, conntrack, netns, nftset
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ SET_IN = "sessions_in"
 SET_OUT = "sessions_out"
 _GEN_MASK = 0x3FFFF  # generation bits of the ct mark (below the skip bit)
 _ENOENT = 2
+_PROBE_AGAIN = 0.6
 Tuple4 = tuple[int, int, int, int]
 
 
@@ -111,6 +112,9 @@ class FastPath:
         self.by_orig: dict[Tuple4, int] = {}
         self._candidates: set[Tuple4] = set()
         self._refused: set[int] = set()
+        # handed back for a reconfiguration: sid -> when to probe (again)
+        self._stale: dict[int, float] = {}
+        self.probes: list[bytes] = []  # for the runtime to deliver locally
         self._gen = 0
         self._ready = False
         self._broken = False
@@ -161,6 +165,17 @@ class FastPath:
             for sid in back:
                 core_offload.set_offloaded(self.agent, sid, False, now)
             self.stats.returned += len(back)
+            self._stale.update(dict.fromkeys(back, now))
+        for sid, when in list(self._stale.items()):
+            if sid not in self.agent.sessions or self.agent.sessions[sid].sides[0].rc is None:
+                del self._stale[sid]  # done (or gone): nothing left to learn
+            elif when <= now and core_offload.probe_due(self.agent, sid):
+                fields = core_offload.probe(self.agent, sid)
+                if fields is not None:
+                    self.probes.append(_segment(*fields))
+                # again while the reconfiguration lasts: an answer may be lost, and the
+                # socket answers out-of-window segments at most every 0.5 s
+                self._stale[sid] = now + _PROBE_AGAIN
         if self._candidates:
             keys, self._candidates = self._candidates, set()
             self._offload(keys, now)
@@ -294,6 +309,17 @@ class FastPath:
             for inst, err in zip(gone, errs, strict=True):
                 if err not in (0, _ENOENT):
                     log.warning("%s: entry %s not deleted (errno %d)", self.ns, inst.orig, err)
+
+
+def _segment(t: Tuple4, seqno: int, ack: int) -> bytes:
+    """A bare ACK segment `t` = (src, dst, sport, dport) with seq and ack."""
+    src, dst, sport, dport = t
+    ip = bytes([0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0]) + src.to_bytes(4, "big") \
+        + dst.to_bytes(4, "big")
+    tcp = (sport.to_bytes(2, "big") + dport.to_bytes(2, "big") + seqno.to_bytes(4, "big")
+           + ack.to_bytes(4, "big") + bytes([0x50, 0x10]) + (1024).to_bytes(2, "big")
+           + bytes(4))
+    return checksum.with_tcp_checksum(ip + tcp)
 
 
 def _rev(t: Tuple4) -> Tuple4:

@@ -358,6 +358,8 @@ class Runtime:
         """Let the fast path follow the core after a batch of inputs."""
         if pod.fast is not None:
             pod.fast.settle(self.clock())
+            probes, pod.fast.probes = pod.fast.probes, []
+            self._execute(pod, [Inject(p, Hook.INPUT) for p in probes])
 
     def _run_timers(self) -> None:
         now = self.clock()
