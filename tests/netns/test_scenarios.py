@@ -51,9 +51,13 @@ def test_live_reconfiguration(lab: Lab, name: str, fastpath: bool) -> None:
     assert result["order"]["ok"] and result["order"]["done"] == 2, result["order"]
     if fastpath:
         # handed back to NFQUEUE for the reconfiguration, offloaded again after it
+        # (unless the transfer's FIN came first: then the session ends on the queues)
+        offloads = 0
         for short in ("client", "server"):
             fast = result["agents"][short]["fastpath"]
-            assert fast["returned"] == 2 and fast["offloaded"] == 4, fast
+            assert fast["returned"] == 2 and fast["failed"] == 0, fast
+            offloads += fast["offloaded"]
+        assert offloads > 4, result["agents"]
 
 
 def test_stateful_replace_needs_the_state() -> None:
