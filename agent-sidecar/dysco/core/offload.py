@@ -15,11 +15,12 @@ an RTT or more before cutoffs are taken.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .actions import Action
 from .agent import Agent
-from .state import Lock, Phase, Session, Side, Tuple4
+from .state import Lock, Phase, Session, Side, Tuple4, reverse
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,91 @@ def _steady(side: Side) -> bool:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class MbOffload:
+    """The rewrites of one middlebox session, as (match, rewrite to) tuple pairs.
+
+    `inbound`: the subsession a packet arrives on -> the session as delivered to the
+    middlebox app, from the left and from the right neighbour. `outbound`: the session
+    as the app emits it -> the subsession it leaves on, towards the right and the left.
+    The app may change the tuple (a NAT): the right side's tuples are the ones the app
+    emitted, which the core matched to the session by its SYN tag at setup."""
+
+    sid: int
+    inbound: tuple[tuple[Tuple4, Tuple4], tuple[Tuple4, Tuple4]]
+    outbound: tuple[tuple[Tuple4, Tuple4], tuple[Tuple4, Tuple4]]
+
+    @property
+    def session(self) -> Tuple4:
+        """The session tuple as the app receives it from the left (left to right)."""
+        return self.inbound[0][1]
+
+
+def _mb_side_steady(side: Side, keeping: bool) -> bool:
+    p = side.path
+    return (
+        side.phase is Phase.ONE_PATH and side.rc is None and side.new is None
+        and side.retry is None and p.snd_off == 0 and p.rcv_off == 0
+        and side.snd_max is not None and side.rcv_max is not None
+        # past the handshake (the third ACK went through the core), unless the session
+        # joined mid-stream through a new path: then traffic both ways is enough
+        and (side.session.inserted
+             or (side.snd_acked is not None and side.rcv_acked is not None))
+        # the core must see the acks that close the session: once both FINs passed;
+        # a session is not offloaded at all after a FIN
+        and (side.fin_in is None or side.fin_out is None if keeping
+             else side.fin_in is None and side.fin_out is None)
+    )
+
+
+def mb_steady(s: Session, keeping: bool = False) -> bool:
+    """A middlebox session whose packets need no decision: both subsessions up, no
+    FIN (`keeping` an offloaded one: not both FINs) or RST, no sequence offset, not an
+    anchor of a reconfiguration, not being removed, not torn down. Locks it merely
+    forwards (a reconfiguration between other anchors) need no per-packet work."""
+    return (
+        s.left is not None and s.right is not None and len(s.sides) == 2
+        and not s.torn and s.closing_at is None and s.removal is None
+        and not s.pending_hops
+        and _mb_side_steady(s.left, keeping) and _mb_side_steady(s.right, keeping)
+    )
+
+
+def mb_candidate(agent: Agent, t: Tuple4) -> MbOffload | None:
+    """The rewrites of the middlebox session that tuple `t` (either direction, as the
+    app sees it) belongs to, if it can be offloaded now."""
+    side = agent.by_out.get(t) or agent.by_out.get(reverse(t))
+    if side is None:
+        return None
+    s = side.session
+    if s.offloaded or not mb_steady(s):
+        return None
+    left, right = s.left, s.right
+    assert left is not None and right is not None
+    return MbOffload(
+        s.sid,
+        ((left.path.sub_in, left.local), (right.path.sub_in, right.local)),
+        ((right.out_key, right.path.sub_out), (left.out_key, left.path.sub_out)),
+    )
+
+
+def mb_handback(agent: Agent, sids: Iterable[int]) -> list[int]:
+    """Those of `sids` (offloaded middlebox sessions) that need the core's per-packet
+    decisions again, or are gone: a reconfiguration anchored here, a removal (splice)
+    of this middlebox, both FINs or an RST seen, teardown."""
+    out = []
+    for sid in sids:
+        s = agent.sessions.get(sid)
+        if s is None or not mb_steady(s, keeping=True):
+            out.append(sid)
+    return out
+
+
+def anchored(agent: Agent) -> list[int]:
+    """Sessions with a reconfiguration anchored here (cheap: no scan of all sessions)."""
+    return [side.session.sid for side in agent.by_rid.values()]
+
+
 def candidate(agent: Agent, local_out: Tuple4) -> Offload | None:
     """The rewrite for the session whose app sends `local_out`, if it can be offloaded
     now: an end host (one side), handshake done, no FIN, no reconfiguration."""
@@ -67,9 +153,10 @@ def set_offloaded(agent: Agent, sid: int, on: bool, now: float) -> Session | Non
 
 
 def reconfiguring(agent: Agent) -> list[int]:
-    """Offloaded sessions that a reconfiguration anchored here has reached: the driver
-    must hand them back at once."""
-    return [side.session.sid for side in agent.by_rid.values() if side.session.offloaded]
+    """Offloaded end-host sessions that a reconfiguration anchored here has reached: the
+    driver must hand them back at once. (Middlebox sessions: `mb_handback`.)"""
+    return [side.session.sid for side in agent.by_rid.values()
+            if side.session.offloaded and len(side.session.sides) == 1]
 
 
 def probe(agent: Agent, sid: int) -> tuple[Tuple4, int, int] | None:

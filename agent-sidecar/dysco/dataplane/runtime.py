@@ -40,6 +40,7 @@ from dysco.core.events import Event
 
 from . import netns, nfq, rules, segment
 from .fastpath import FastPath
+from .mbfast import MbFastPath
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class Pod:
         self.stats = PodStats()
         self.control_port = control_port
         self.fast: FastPath | None = None  # kernel fast path (fastpath.py), if enabled
+        self.mbfast: MbFastPath | None = None  # middlebox sessions' (mbfast.py)
         self.control = netns.open_socket(spec.ns, socket.AF_INET, socket.SOCK_DGRAM)
         self.raw = netns.open_socket(spec.ns, socket.AF_INET, socket.SOCK_RAW,
                                      socket.IPPROTO_RAW)
@@ -205,6 +207,7 @@ class Runtime:
         self._selector.register(pod.control, selectors.EVENT_READ, (pod, None))
         self.pods[spec.ns] = pod
         if self.fastpath and isinstance(pod.processor, Agent):
+            pod.mbfast = MbFastPath(spec.ns, pod.processor, self.mark)
             try:
                 pod.fast = FastPath(spec.ns, pod.processor, self.mark)
                 self._selector.register(pod.fast.fileno(), selectors.EVENT_READ,
@@ -250,6 +253,9 @@ class Runtime:
         return pod.processor
 
     def _close_fast(self, pod: Pod) -> None:
+        if pod.mbfast is not None:
+            pod.mbfast.close(self.clock())
+            pod.mbfast = None
         if pod.fast is not None:
             self._selector.unregister(pod.fast.fileno())
             pod.fast.close(self.clock())
@@ -352,10 +358,13 @@ class Runtime:
     def execute_command(self, pod: Pod, command: Any) -> None:
         """Give `pod`'s core a command now; only from the loop thread (`on_notify`)."""
         self._execute(pod, pod.processor.command(command, self.clock()))
-        self._settle(pod)
+        self._settle(pod, full=True)
 
-    def _settle(self, pod: Pod) -> None:
-        """Let the fast path follow the core after a batch of inputs."""
+    def _settle(self, pod: Pod, full: bool = False) -> None:
+        """Let the fast paths follow the core after a batch of inputs (`full`: a control
+        message or a command, which may change any session)."""
+        if pod.mbfast is not None:
+            pod.mbfast.settle(self.clock(), full)
         if pod.fast is not None:
             pod.fast.settle(self.clock())
             probes, pod.fast.probes = pod.fast.probes, []
@@ -372,7 +381,7 @@ class Runtime:
     def _on_queue(self, pod: Pod, hook: Hook) -> None:
         queue = pod.queues[hook]
         stats = pod.stats
-        fast = pod.fast
+        fast, mbfast = pod.fast, pod.mbfast
         for pkt in queue.receive():
             stats.packets += 1
             stats.truncated += pkt.truncated
@@ -384,8 +393,11 @@ class Runtime:
                 queue.drop(pkt)
                 continue
             verdict = actions[0] if actions else None
-            if fast is not None and isinstance(verdict, Verdict):
-                fast.saw(hook, pkt.data, verdict.data)
+            if isinstance(verdict, Verdict):
+                if fast is not None:
+                    fast.saw(hook, pkt.data, verdict.data)
+                if mbfast is not None:
+                    mbfast.saw(hook, pkt.data, verdict.data)
             if not isinstance(verdict, Verdict):
                 log.error("%s: core gave no verdict first (%r); dropped", pod.spec.ns, actions)
                 stats.errors += 1
@@ -422,7 +434,7 @@ class Runtime:
                 raise
             pod.stats.control_in += 1
             self._execute(pod, pod.processor.control(ip_to_int(src), payload, self.clock()))
-            self._settle(pod)
+            self._settle(pod, full=True)
 
     def _execute(self, pod: Pod, actions: Iterable[Action]) -> None:
         for action in actions:
@@ -440,6 +452,8 @@ class Runtime:
                     log.debug("%s: %r", pod.spec.ns, event)
                     if pod.fast is not None:
                         pod.fast.notice(event)
+                    if pod.mbfast is not None:
+                        pod.mbfast.notice(event)
                     if self.on_notify is not None:
                         self.on_notify(pod, event)
                 case Verdict():
@@ -456,5 +470,8 @@ class Runtime:
             if pod.fast is not None:
                 out[ns]["fastpath"] = {**vars(pod.fast.stats),
                                        "sessions": len(pod.fast.installed)}
+            if pod.mbfast is not None:
+                out[ns]["mbfast"] = {**vars(pod.mbfast.stats),
+                                     "sessions": len(pod.mbfast.installed)}
         return out
 
