@@ -68,20 +68,30 @@ class MbOffload:
         return self.inbound[0][1]
 
 
-def _mb_side_steady(side: Side, keeping: bool) -> bool:
+def _blind(s: Session) -> bool:
+    """The core never saw the app's replies leave towards the left: a DNAT app's
+    replies get their source restored after our output hook (docs/dataplane.md), so on
+    the queue path they pass it unrecognised. The maps match them after NAT."""
+    return s.left is not None and s.left.isn_out is None and s.left.snd_max is None
+
+
+def _mb_side_steady(side: Side, keeping: bool, blind: bool) -> bool:
     p = side.path
+    leftward_unseen = blind and side.is_left
+    fins = (side.fin_in, side.fin_out)
     return (
         side.phase is Phase.ONE_PATH and side.rc is None and side.new is None
         and side.retry is None and p.snd_off == 0 and p.rcv_off == 0
-        and side.snd_max is not None and side.rcv_max is not None
+        and side.rcv_max is not None and (leftward_unseen or side.snd_max is not None)
         # past the handshake (the third ACK went through the core), unless the session
         # joined mid-stream through a new path: then traffic both ways is enough
         and (side.session.inserted
-             or (side.snd_acked is not None and side.rcv_acked is not None))
-        # the core must see the acks that close the session: once both FINs passed;
-        # a session is not offloaded at all after a FIN
-        and (side.fin_in is None or side.fin_out is None if keeping
-             else side.fin_in is None and side.fin_out is None)
+             or (side.snd_acked is not None
+                 and (leftward_unseen or side.rcv_acked is not None)))
+        # The core must see the acks that close the session: an offloaded one is kept
+        # until both FINs passed (until the first if the core cannot see both), and a
+        # session is not offloaded at all after a FIN.
+        and (fins.count(None) == 2 or (keeping and not blind and None in fins))
     )
 
 
@@ -90,11 +100,14 @@ def mb_steady(s: Session, keeping: bool = False) -> bool:
     FIN (`keeping` an offloaded one: not both FINs) or RST, no sequence offset, not an
     anchor of a reconfiguration, not being removed, not torn down. Locks it merely
     forwards (a reconfiguration between other anchors) need no per-packet work."""
+    if s.left is None or s.right is None or len(s.sides) != 2:
+        return False
+    blind = _blind(s)
     return (
-        s.left is not None and s.right is not None and len(s.sides) == 2
-        and not s.torn and s.closing_at is None and s.removal is None
+        not s.torn and s.closing_at is None and s.removal is None
         and not s.pending_hops
-        and _mb_side_steady(s.left, keeping) and _mb_side_steady(s.right, keeping)
+        and _mb_side_steady(s.left, keeping, blind)
+        and _mb_side_steady(s.right, keeping, blind)
     )
 
 
