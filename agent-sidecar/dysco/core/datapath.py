@@ -66,6 +66,10 @@ def track_in(side: Side, pkt: TcpPacket, syn: bool) -> None:
     if n:
         end = (s + n) & seq.MASK
         side.rcv_max = end if side.rcv_max is None else seq.max_(side.rcv_max, end)
+    elif side.rcv_max is not None and seq.lt(side.rcv_max, s) and not flags & RST:
+        # a bare ack carries the sender's next sequence number (a middlebox relearns
+        # the stream this way after a stretch on a kernel fast path)
+        side.rcv_max = s
     if flags & FIN:
         side.fin_in = (s + plen + (1 if syn else 0)) & seq.MASK
     if flags & ACK:

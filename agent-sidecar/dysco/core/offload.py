@@ -146,6 +146,26 @@ def anchored(agent: Agent) -> list[int]:
     return [side.session.sid for side in agent.by_rid.values()]
 
 
+def mb_probes(agent: Agent, sid: int) -> list[tuple[Tuple4, int, int]]:
+    """Segments that make the sockets at both ends of a middlebox session handed back
+    for a reconfiguration answer with their real next sequence numbers and acks:
+    (wire tuple, seq, ack), one per side, sent towards that side's neighbour. As with
+    `probe`, the seq is below what the socket expects (it drops the segment and acks);
+    the answers cross this middlebox, whose core relearns both streams (bare acks bound
+    what was sent, datapath.track_in/out) before the cutoffs are taken."""
+    s = agent.sessions.get(sid)
+    if s is None or len(s.sides) != 2:
+        return []
+    out = []
+    for side in s.sides:
+        if side.snd_acked is None or side.rcv_acked is None:
+            continue
+        p = side.path
+        out.append((p.sub_out, (side.snd_acked - 1 + p.snd_off) & 0xFFFFFFFF,
+                    (side.rcv_acked - p.rcv_off) & 0xFFFFFFFF))
+    return out
+
+
 def candidate(agent: Agent, local_out: Tuple4) -> Offload | None:
     """The rewrite for the session whose app sends `local_out`, if it can be offloaded
     now: an end host (one side), handshake done, no FIN, no reconfiguration."""

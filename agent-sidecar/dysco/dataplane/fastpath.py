@@ -57,7 +57,7 @@ SET_IN = "sessions_in"
 SET_OUT = "sessions_out"
 _GEN_MASK = 0x3FFFF  # generation bits of the ct mark (below the skip bit)
 _ENOENT = 2
-_PROBE_AGAIN = 0.6
+PROBE_AGAIN = 0.6
 Tuple4 = tuple[int, int, int, int]
 
 
@@ -172,10 +172,10 @@ class FastPath:
             elif when <= now and core_offload.probe_due(self.agent, sid):
                 fields = core_offload.probe(self.agent, sid)
                 if fields is not None:
-                    self.probes.append(_segment(*fields))
+                    self.probes.append(segment(*fields))
                 # again while the reconfiguration lasts: an answer may be lost, and the
                 # socket answers out-of-window segments at most every 0.5 s
-                self._stale[sid] = now + _PROBE_AGAIN
+                self._stale[sid] = now + PROBE_AGAIN
         if self._candidates:
             keys, self._candidates = self._candidates, set()
             self._offload(keys, now)
@@ -311,7 +311,7 @@ class FastPath:
                     log.warning("%s: entry %s not deleted (errno %d)", self.ns, inst.orig, err)
 
 
-def _segment(t: Tuple4, seqno: int, ack: int) -> bytes:
+def segment(t: Tuple4, seqno: int, ack: int) -> bytes:
     """A bare ACK segment `t` = (src, dst, sport, dport) with seq and ack."""
     src, dst, sport, dport = t
     ip = bytes([0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0]) + src.to_bytes(4, "big") \

@@ -30,7 +30,7 @@ from dysco.core import offload as core_offload
 from dysco.core.actions import Hook
 from dysco.core.events import Event, ReconfigDone, SessionClosed
 
-from . import nftmaps
+from . import fastpath, nftmaps
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,9 @@ class MbFastPath:
         self._refused: set[int] = set()
         self._table: nftmaps.MapTable | None = None
         self._broken = False
+        # handed back for a reconfiguration anchored here: sid -> when to probe (again)
+        self._stale: dict[int, float] = {}
+        self.probes: list[bytes] = []  # for the runtime to send to the network
 
     # --- the runtime's hooks --------------------------------------------------------
 
@@ -105,11 +108,32 @@ class MbFastPath:
         back = core_offload.mb_handback(self.agent, check) if check else []
         if back:
             self._remove(back, now)
+            anchored = set(core_offload.anchored(self.agent))
+            self._stale.update((sid, now) for sid in back if sid in anchored)
+        self._probe(now)
         if not self._broken:
             offers = [o for o in (core_offload.mb_candidate(self.agent, t) for t in seen)
                       if o is not None and o.sid not in self._refused]
             if offers:
                 self._offload(offers, now)
+
+    def _probe(self, now: float) -> None:
+        """While a reconfiguration anchored here lasts, have both ends' sockets tell
+        their next sequence numbers: the core's view of the streams is stale after the
+        stretch in the kernel, and an idle or paced session may bring no packet before
+        the cutoffs are taken (core.offload.mb_probes)."""
+        if not self._stale:
+            return
+        anchored = set(core_offload.anchored(self.agent))
+        for sid, when in list(self._stale.items()):
+            if sid not in anchored:
+                del self._stale[sid]  # done, failed or gone: nothing left to learn
+            elif when <= now:
+                self.probes += [fastpath.segment(*fields)
+                                for fields in core_offload.mb_probes(self.agent, sid)]
+                # again while it lasts: an answer may be lost, and sockets answer such
+                # segments at most every 0.5 s
+                self._stale[sid] = now + fastpath.PROBE_AGAIN
 
     def close(self, now: float) -> None:
         """Hand every session back and remove the table (pod detached or suspended)."""

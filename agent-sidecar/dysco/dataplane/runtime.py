@@ -365,6 +365,8 @@ class Runtime:
         message or a command, which may change any session)."""
         if pod.mbfast is not None:
             pod.mbfast.settle(self.clock(), full)
+            probes, pod.mbfast.probes = pod.mbfast.probes, []
+            self._execute(pod, [Inject(p, Hook.OUTPUT) for p in probes])
         if pod.fast is not None:
             pod.fast.settle(self.clock())
             probes, pod.fast.probes = pod.fast.probes, []

@@ -375,6 +375,14 @@ def _insert_2(lab: Lab, opts: Options) -> dict[str, Any]:
     return _expect_moves(r, (), ("mb1", "mb3"))
 
 
+def _insert_mb(lab: Lab, opts: Options) -> dict[str, Any]:
+    """mb1 inserts mb3 to its right: a middlebox anchors the reconfiguration (with the
+    fast path it must take the session back from the kernel for the two-path phase)."""
+    r = _dysco(lab, opts, hops=["mb1"], spare=("mb3",), boxes={"mb1": _fw, "mb3": _fw},
+               reconfig=_order("insert", at="mb1", hops=("mb3",)), must_see=("mb1", "mb3"))
+    return _expect_moves(r, (), ("mb1", "mb3"))
+
+
 def _remove(lab: Lab, opts: Options) -> dict[str, Any]:
     r = _dysco(lab, opts, hops=["mb1"], boxes={"mb1": _fw},
                reconfig=_order("remove", middlebox="mb1"), must_see=("mb1",))
@@ -500,6 +508,8 @@ SCENARIOS: dict[str, Scenario] = {
                  _insert),
         Scenario("insert-2", "live insertion of firewall mb1 and DPI mb3 at once (0 -> 2)",
                  _insert_2),
+        Scenario("insert-mb", "firewall mb1 inserts firewall mb3 to its right (a "
+                 "middlebox anchors)", _insert_mb),
         Scenario("remove", "live removal of the firewall (mb1) from a session", _remove),
         Scenario("replace", "live replacement of firewall mb1 by firewall mb3", _replace),
         Scenario("replace-stateful", "live replacement of a strict stateful firewall, "
