@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dysco.core import Hop, Policy, Selector
+from dysco.core import Hop, Policy, Selector, offload
 from dysco.core import commands as cmd
-from dysco.core import offload
 from dysco.core.agent import Agent
 from dysco.core.state import Phase, reverse
 from dysco.sim.apps import Endpoint, Forwarder
