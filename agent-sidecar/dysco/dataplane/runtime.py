@@ -157,7 +157,8 @@ class Runtime:
                  variant: rules.Variant | None = None, control_port: int = CONTROL_PORT,
                  queue_in: int = rules.DEFAULT_QUEUE_IN,
                  queue_out: int = rules.DEFAULT_QUEUE_OUT, mark: int = rules.DEFAULT_MARK,
-                 clock: Callable[[], float] = time.monotonic, fastpath: bool = True) -> None:
+                 clock: Callable[[], float] = time.monotonic, fastpath: bool = True,
+                 mbfast: bool = True) -> None:
         self.factory = factory or self._core_agent
         self.backend = nfq.BACKENDS[backend]
         self.variant = variant or rules.detect_variant()
@@ -165,6 +166,7 @@ class Runtime:
         self.queue_in, self.queue_out, self.mark = queue_in, queue_out, mark
         self.clock = clock
         self.fastpath = fastpath  # offload steady end-host sessions to the kernel
+        self.mbfast = fastpath and mbfast  # and middlebox sessions (mbfast.py)
         self.pods: dict[str, Pod] = {}
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -207,7 +209,8 @@ class Runtime:
         self._selector.register(pod.control, selectors.EVENT_READ, (pod, None))
         self.pods[spec.ns] = pod
         if self.fastpath and isinstance(pod.processor, Agent):
-            pod.mbfast = MbFastPath(spec.ns, pod.processor, self.mark)
+            if self.mbfast:
+                pod.mbfast = MbFastPath(spec.ns, pod.processor, self.mark)
             try:
                 pod.fast = FastPath(spec.ns, pod.processor, self.mark)
                 self._selector.register(pod.fast.fileno(), selectors.EVENT_READ,

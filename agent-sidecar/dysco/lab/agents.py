@@ -39,7 +39,7 @@ class LabAgents:
     """Attach agents to `pods` (short names) on enter; detach them all on exit."""
 
     def __init__(self, lab: Lab, pods: list[str], backend: str = "raw",
-                 serve: bool = True, fastpath: bool = True) -> None:
+                 serve: bool = True, fastpath: bool = True, mbfast: bool = True) -> None:
         self.lab = lab
         self.pods = pods
         self.tracker = control.Tracker()
@@ -47,7 +47,8 @@ class LabAgents:
         self._server: control.Server | None = None
         # control messages are authenticated as in a cluster, with a key of this run
         self.keys = ((1, os.urandom(32)),)
-        self.runtime = Runtime(self._agent, backend=backend, fastpath=fastpath)
+        self.runtime = Runtime(self._agent, backend=backend, fastpath=fastpath,
+                               mbfast=mbfast)
         self.runtime.on_notify = self._on_notify
         self._reactions: list[tuple[str, type, Callable[[], cmd.Command]]] = []
         self._thread = threading.Thread(target=self.runtime.run, name="dysco-runtime",

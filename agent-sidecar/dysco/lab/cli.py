@@ -157,10 +157,14 @@ def _bench(args: argparse.Namespace) -> int:
     reconfigs: list[dict[str, object]] = []
     if not args.plain_only:
         for hops in ([], ["mb1"], ["mb1", "mb3"]):
-            for fastpath in (True, False):
+            # fast path (end hosts and middleboxes), end hosts only, queue path
+            for fastpath, mbfast in ((True, True), (True, False), (False, False)):
+                if fastpath and not mbfast and not hops:
+                    continue
                 for backend in args.backends if hops and not fastpath else args.backends[:1]:
                     rows.append(bench.measure_dysco(lab, hops, backend, seconds=args.seconds,
-                                                    count=args.count, fastpath=fastpath))
+                                                    count=args.count, fastpath=fastpath,
+                                                    mbfast=mbfast))
         for n in args.reconfig_sessions:
             reconfigs.append(bench.reconfiguration(lab, n, args.backends[0]))
     print(bench.table(rows))
