@@ -97,7 +97,7 @@ class MbFastPath:
         what became steady. `full` (after control messages and commands, which may
         tear a session down or start its removal) checks every offloaded session;
         otherwise those whose packets were seen and those anchoring a reconfiguration."""
-        if not self.installed and not self._seen:
+        if not self.installed and not self._seen and not self._stale:
             return
         seen, self._seen = self._seen, set()
         check = {self._by_tuple[t] for t in seen if t in self._by_tuple}
