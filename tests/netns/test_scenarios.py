@@ -62,11 +62,13 @@ def test_live_reconfiguration(lab: Lab, name: str, fastpath: bool) -> None:
         # handed back to NFQUEUE for the reconfiguration, offloaded again after it
         # (unless the transfer's FIN came first: then the session ends on the queues)
         offloads = 0
-        for short in ("client", "server"):
+        # the end hosts anchoring it (insert-mb: mb1 and the server)
+        hosts = ("server",) if name == "insert-mb" else ("client", "server")
+        for short in hosts:
             fast = result["agents"][short]["fastpath"]
             assert fast["returned"] == 2 and fast["failed"] == 0, fast
             offloads += fast["offloaded"]
-        assert offloads > 4, result["agents"]
+        assert offloads > 2 * len(hosts), result["agents"]
         # middleboxes: offloaded when steady; an anchor or a box asked to leave hands
         # its sessions back (then re-offloads with the new path, if zero offsets)
         boxes = {short: result["agents"][short]["mbfast"] for short in LIVE_BOXES[name]}
