@@ -39,14 +39,10 @@ def _kernel_state(ns: str) -> tuple[int, int]:
 
 def _fast(agents: LabAgents, short: str) -> dict[str, Any]:
     """The pod's fast-path counters, its installed sessions and its core's offloaded
-    sessions, read in the agents' loop thread."""
-    def read() -> dict[str, Any]:
-        pod = agents.runtime.pods[agents.lab.pod(short).name]
-        assert pod.fast is not None
-        core = pod.fast.agent
-        return {**vars(pod.fast.stats), "installed": len(pod.fast.installed),
-                "core_offloaded": sum(s.offloaded for s in core.sessions.values())}
-    return agents.runtime.call(read)
+    sessions, asked of its node's agent process."""
+    fast: dict[str, Any] = agents.stats()[short]["fastpath"]
+    return {**fast, "installed": fast["sessions"],
+            "core_offloaded": agents.core_stats()[short]["offloaded"]}
 
 
 def _hold_round(client_ns: str, server_ip: str, n: int) -> None:

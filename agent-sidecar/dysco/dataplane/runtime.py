@@ -25,6 +25,7 @@ import errno
 import functools
 import json
 import logging
+import secrets
 import selectors
 import socket
 import subprocess
@@ -47,6 +48,13 @@ T = TypeVar("T")
 CONTROL_PORT = 2016
 _CT_EVENTS = "conntrack-events"  # selector tag of a pod's fast-path event socket
 _SO_MARK = 36
+_SO_SNDBUFFORCE = 32
+_SO_RCVBUFFORCE = 33
+# The control socket's buffers. One order can reconfigure thousands of sessions, and
+# its messages arrive in bursts (a rightRequest per session, three TEARDOWN copies...):
+# with the default 208 KiB about 280 datagrams fit, the rest were dropped
+# (Udp.RcvbufErrors) and waited for the core's retransmission timers.
+CONTROL_BUFFER = 8 << 20
 
 
 class Processor(Protocol):
@@ -80,6 +88,12 @@ class PodStats:
     notifications: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
+def port_start() -> int:
+    """A random `AgentConfig.port_start`, so a new core does not reuse its predecessor's
+    subsession tuples while the next hop still has them tombstoned."""
+    return secrets.randbelow(1 << 30)
+
+
 def ip_to_int(text: str) -> int:
     return int.from_bytes(socket.inet_aton(text), "big")
 
@@ -106,6 +120,8 @@ class Pod:
         try:
             self.control.bind((spec.address, control_port))
             self.control.setblocking(False)
+            self.control.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, CONTROL_BUFFER)
+            self.control.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, CONTROL_BUFFER)
             self.raw.setsockopt(socket.SOL_SOCKET, _SO_MARK, interception.mark)
             self.mtu = _link_mtu(spec.ns)
         except (OSError, subprocess.CalledProcessError):
@@ -178,7 +194,7 @@ class Runtime:
     def _core_agent(self, spec: PodSpec) -> Processor:
         """The default processor: one protocol-core Agent per pod."""
         return Agent(AgentConfig(address=ip_to_int(spec.address),
-                                 control_port=self.control_port))
+                                 control_port=self.control_port, port_start=port_start()))
 
     # --- pods -------------------------------------------------------------------------
 
