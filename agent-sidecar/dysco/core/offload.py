@@ -58,11 +58,14 @@ def candidate(agent: Agent, local_out: Tuple4) -> Offload | None:
 
 
 def set_offloaded(agent: Agent, sid: int, on: bool, now: float) -> Session | None:
-    """Record that the kernel took the session over (`on`) or handed it back."""
+    """Record that the kernel took the session over (`on`) or handed it back. The
+    dead-hop watch stops: the core will not see the acks that would end a stall."""
     s = agent.sessions.get(sid)
     if s is not None:
         s.offloaded = on
         s.last_activity = now
+        for side in s.sides:
+            side.stall_since = None
     return s
 
 
