@@ -78,16 +78,21 @@ def reconfiguring(agent: Agent) -> list[int]:
 def probe(agent: Agent, sid: int) -> tuple[Tuple4, int, int] | None:
     """A segment that makes the local socket of a handed-back session answer with an
     ack carrying its real next sequence number and ack: (tuple as delivered locally,
-    seq, ack). Its seq is below what the socket expects, so the socket drops it and
-    acks (RFC 793, as for a keepalive); the answer passes the core, which relearns the
-    stream it did not see, and reaches the peer, whose core relearns our acks."""
+    seq, ack) of one byte of data that lies wholly below what the socket has received.
+    The socket drops it and acks at once (RFC 793, as for a retransmission); the answer
+    passes the core, which relearns the stream it did not see, and reaches the peer,
+    whose core relearns our acks. One byte, not a bare ack: the kernel answers bare
+    out-of-window acks at most every 0.5 s per socket (tcp_invalid_ratelimit), so a
+    second reconfiguration soon after the first got no answer; data segments are not
+    rate limited. None once a FIN was seen: the close itself passes the core."""
     s = agent.sessions.get(sid)
     if s is None or len(s.sides) != 1:
         return None
     side = s.sides[0]
-    if side.rcv_acked is None or side.snd_acked is None:
+    if (side.rcv_acked is None or side.snd_acked is None or side.fin_in is not None
+            or side.fin_out is not None):
         return None
-    return side.local, (side.rcv_acked - 1) & 0xFFFFFFFF, side.snd_acked
+    return side.local, (side.rcv_acked - 2) & 0xFFFFFFFF, side.snd_acked
 
 
 def probe_due(agent: Agent, sid: int) -> bool:

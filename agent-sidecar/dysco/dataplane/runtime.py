@@ -392,6 +392,8 @@ class Runtime:
         for pkt in queue.receive():
             stats.packets += 1
             stats.truncated += pkt.truncated
+            if fast is not None:
+                self._execute(pod, fast.reopen(hook, pkt.data, self.clock()))
             try:
                 actions = pod.processor.packet(hook, pkt.data, self.clock())
             except Exception:

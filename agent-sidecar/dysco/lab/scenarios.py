@@ -181,7 +181,7 @@ RECONFIG_AFTER_PACKETS = 300
 Reconfig = Callable[[LabAgents, dict[str, Middlebox]], dict[str, Any]]
 
 
-def _link_packets(ns: str) -> int:
+def link_packets(ns: str) -> int:
     """Packets through a pod's links, counted by the kernel: how far a transfer got,
     whether the agent saw its packets (queue path) or not (fast path)."""
     links = json.loads(netns.run(ns, ["ip", "-j", "-s", "link", "show"]).stdout)
@@ -232,10 +232,10 @@ def _dysco(lab: Lab, opts: Options, *, hops: list[str], spare: tuple[str, ...] =
                 running[short].start()
             agents.set_chain("client", "server", hops, {opts.port})
 
-            base = _link_packets(lab.pod("client").name)
+            base = link_packets(lab.pod("client").name)
 
             def client_packets() -> int:
-                return _link_packets(lab.pod("client").name) - base
+                return link_packets(lab.pod("client").name) - base
 
             def during() -> None:
                 """Reconfigure sessions well under way; note how far they had got when
