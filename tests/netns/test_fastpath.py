@@ -157,7 +157,10 @@ print("ok", flush=True)
 def test_a_new_connection_reusing_an_ended_sessions_tuple(lab: Lab) -> None:
     """The client reuses its tuple while the ended session's entries are in TIME_WAIT
     (tcp_tw_reuse, a fixed source port): each new connection ends the old session
-    first and gets a session of its own, offloaded again."""
+    first and gets a session of its own, offloaded again. (Failed before the queues
+    were drained when the table appears: a segment queued before it was tracked after
+    an installed entry, NAT moved it to another port, and the next connection's SYN
+    clashed with that entry.)"""
     client, server = lab.pod("client"), lab.pod("server")
     rounds = 4
     with LabAgents(lab, ["client", "server"]) as agents:
@@ -171,11 +174,13 @@ def test_a_new_connection_reusing_an_ended_sessions_tuple(lab: Lab) -> None:
             run = subprocess.run(netns.argv(client.name, [
                 sys.executable, "-c", REUSE, client.ip, server.ip, str(ECHO_PORT),
                 str(rounds)]), capture_output=True, text=True, timeout=60)
-            assert run.stdout.strip() == "ok", run.stderr
             fast = {s: _fast(agents, s) for s in ("client", "server")}
+            assert run.stdout.strip() == "ok", (run.stderr, fast)
         finally:
             echo.kill()
             echo.wait()
     for short, f in fast.items():
         assert f["offloaded"] == rounds and f["failed"] == 0, (short, f)
-        assert f["reopened"] == rounds - 1, (short, f)
+    # the server's entry waits in TIME_WAIT: the SYN list ends it (at the client
+    # conntrack itself replaces an entry in TIME_WAIT by the SYN's)
+    assert fast["server"]["reopened"] == rounds - 1, fast

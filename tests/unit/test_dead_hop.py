@@ -136,3 +136,26 @@ def test_an_offloaded_session_is_not_watched_until_handed_back() -> None:
         offload.set_offloaded(agent, s.sid, False, world.engine.now)
     world.engine.run(world.engine.now + 15 + 30)
     assert [e for e in events if isinstance(e, HopFailed)]
+
+
+def test_a_stall_the_driver_saw_while_offloaded_is_a_dead_hop() -> None:
+    """The driver read the socket of an offloaded session (no ack for a while) and
+    hands it back with the time the stall began: reset at `since + hop_timeout`."""
+    world, _client, _server, events = setup((M1,))
+    world.engine.run(0.2)
+    for name in ("A", "D"):
+        agent = world.hosts[name].agent
+        (s,) = agent.sessions.values()
+        offload.set_offloaded(agent, s.sid, True, world.engine.now)
+    world.hosts["M1"].down = True
+    world.engine.run(5.0)
+    a = world.hosts["A"].agent
+    (s,) = a.sessions.values()
+    since = world.engine.now - 4.0
+    world.hosts["A"]._run(offload.stalled(a, s.sid, since, world.engine.now), None)
+    assert not s.offloaded
+    world.engine.run(since + 15 - 0.5)
+    assert not [e for e in events if isinstance(e, HopFailed)]
+    world.engine.run(since + 15 + 3)
+    failed = [e for e in events if isinstance(e, HopFailed)]
+    assert len(failed) == 2 and {e.how for e in failed} == {"detected", "aborted"}, failed

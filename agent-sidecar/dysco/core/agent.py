@@ -373,6 +373,19 @@ class Agent(Reconfigurer, HopWatch):
             self._free_session(s, how)
         return self._end()
 
+    def stalled(self, sid: int, since: float, now: float) -> list[Action]:
+        """A driver handed back an offloaded session whose end has had unacknowledged
+        data and no ack since `since` (it read its socket): the dead-hop watch
+        (failure.py) carries on from then, as if the core had seen it."""
+        self._begin(now)
+        s = self.sessions.get(sid)
+        if s is not None and not s.offloaded and len(s.sides) == 1:
+            side = s.sides[0]
+            side.stall_since = since
+            if not side.stall_armed:
+                self._arm_stall(side, max(now, since + self.config.hop_timeout))
+        return self._end()
+
     def session_of(self, t: Tuple4) -> Session | None:
         side = self.by_out.get(t) or self.by_out.get(reverse(t))
         return side.session if side is not None else None

@@ -107,6 +107,21 @@ def probe_due(agent: Agent, sid: int) -> bool:
     return side.rc.role == "right" or side.phase is not Phase.REQUESTING
 
 
+def stalled(agent: Agent, sid: int, since: float, now: float) -> list[Action]:
+    """Hand an offloaded session back to the dead-hop watch: its end has had unacked
+    data and no ack since `since`. The driver hands it back first (the core must see
+    the app's retransmissions, whose acks give the reset its sequence number), and
+    keeps it on the queues while `stalling`."""
+    set_offloaded(agent, sid, False, now)
+    return agent.stalled(sid, since, now)
+
+
+def stalling(agent: Agent, sid: int) -> bool:
+    """Is the dead-hop watch still waiting for an ack on this session?"""
+    s = agent.sessions.get(sid)
+    return s is not None and any(side.stall_since is not None for side in s.sides)
+
+
 def ended(agent: Agent, sid: int, how: str, now: float) -> list[Action]:
     """The kernel saw an offloaded session end (its entry expired or was closed)."""
     return agent.forget(sid, how, now)

@@ -51,7 +51,7 @@ from dysco.core.actions import Action, Hook
 from dysco.core.errors import RemoteError
 from dysco.core.events import Event, ReconfigDone, SessionClosed
 
-from . import checksum, conntrack, netns, nftset
+from . import checksum, conntrack, netns, nftset, sockdiag
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +124,15 @@ class FastPath:
         self.probes: list[bytes] = []  # for the runtime to deliver locally
         # closed in the kernel: core session ended, entry left to expire
         self._closed: set[int] = set()
+        # handed back to the dead-hop watch: on the queues until an ack comes
+        self._watched: set[int] = set()
+        self._next_watch = 0.0
         self._gen = 0
         self._ready = False
         self._broken = False
+        # set when the table was just created: the runtime verdicts what its queues
+        # hold before the first entry goes in (see `_offload`)
+        self.drain_queues = False
         self.ct = conntrack.Conntrack(ns)
         try:
             self.events = conntrack.Conntrack(ns, events=True)
@@ -261,6 +267,36 @@ class FastPath:
             actions += core_offload.ended(self.agent, sid, "kernel", now)
         return actions
 
+    def watch(self, now: float) -> list[Action]:
+        """The dead-hop watch (core/failure.py) for offloaded sessions, every third of
+        `hop_timeout`: the core sees none of their acks, their sockets show them. A
+        session whose socket has had unacked data and no ack for a third of the
+        timeout goes back to the queues and to the core's watch, which resets it at
+        `hop_timeout` unless an ack comes (then it is offloaded again)."""
+        timeout = self.agent.config.hop_timeout
+        if timeout <= 0 or now < self._next_watch:
+            return []
+        self._next_watch = now + timeout / 3
+        live = [sid for sid in self.installed if sid not in self._closed]
+        if not live:
+            return []
+        try:
+            waiting = sockdiag.unacked_since(self.ns)
+        except OSError as exc:
+            log.warning("%s: sockets not readable for the dead-hop watch: %s", self.ns, exc)
+            return []
+        stalled = [(sid, waiting[self.installed[sid].orig]) for sid in live
+                   if waiting.get(self.installed[sid].orig, 0.0) >= timeout / 3]
+        if not stalled:
+            return []
+        self._remove([sid for sid, _ in stalled], delete_entries=True)
+        self.stats.returned += len(stalled)
+        actions: list[Action] = []
+        for sid, idle in stalled:
+            self._watched.add(sid)
+            actions += core_offload.stalled(self.agent, sid, now - idle, now)
+        return actions
+
     def close(self, now: float) -> None:
         """Hand every session back and remove the table (pod detached or suspended)."""
         sids = list(self.installed)
@@ -287,17 +323,23 @@ class FastPath:
             self.stats.unavailable += 1
 
     def _offload(self, keys: set[Tuple4], now: float) -> None:
+        self._watched = {sid for sid in self._watched
+                         if core_offload.stalling(self.agent, sid)}
         offers = [o for o in (core_offload.candidate(self.agent, k) for k in keys)
-                  if o is not None and o.sid not in self._refused]
+                  if o is not None and o.sid not in self._refused
+                  and o.sid not in self._watched]
         if not offers or self._broken:
             return
         if not self._ready:
-            # Packets queued before the table existed were not made untracked: after
-            # their verdicts conntrack would give them entries that clash with the
-            # installed ones. Offload from the next batch on, once they are through.
+            # The table turns conntrack on in the pod. Packets queued before it existed
+            # were not made untracked: after their verdicts conntrack would give them
+            # entries, and one made after an installed entry clashes with it, so NAT
+            # moves the packet to another port (a segment for another socket, a reset).
+            # The runtime verdicts what its queues hold first (`drain_queues`).
             self._setup()
             if self._ready:
                 self._candidates.update(keys)
+                self.drain_queues = True
             return
         assert self._set is not None
         t0 = time.perf_counter()
@@ -307,7 +349,15 @@ class FastPath:
             entries.append(conntrack.Entry(
                 o.local_out, o.sub_out, o.snd_off, o.rcv_off, self.mark | self._gen,
                 int(self.agent.config.idle_timeout)))
-        errs = self.ct.transact([functools.partial(conntrack.new_message, e) for e in entries])
+        # Any entry conntrack made for the session's own tuples goes first (a packet
+        # of it that was queued before the table existed, tracked after its verdict):
+        # the new entry would clash with it.
+        requests = []
+        for e in entries:
+            requests += [functools.partial(conntrack.delete_message, e.orig),
+                         functools.partial(conntrack.delete_message, _rev(e.orig)),
+                         functools.partial(conntrack.new_message, e)]
+        errs = self.ct.transact(requests)[2::3]
         # NAT keeps tuples unique: where the wanted ports clash with another entry's
         # (an app's ephemeral port equal to a subsession port), the kernel picks other
         # ports instead of failing. Such an entry would rewrite wrongly: look each up by

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 CONTROL_PORT = 2016
 _CT_EVENTS = "conntrack-events"  # selector tag of a pod's fast-path event socket
+_DRAIN_BATCHES = 64  # at most, per queue, when a pod's fast-path table appears
 _SO_MARK = 36
 _SO_SNDBUFFORCE = 32
 _SO_RCVBUFFORCE = 33
@@ -372,10 +373,20 @@ class Runtime:
 
     def _settle(self, pod: Pod) -> None:
         """Let the fast path follow the core after a batch of inputs."""
-        if pod.fast is not None:
-            pod.fast.settle(self.clock())
-            probes, pod.fast.probes = pod.fast.probes, []
-            self._execute(pod, [Inject(p, Hook.INPUT) for p in probes])
+        fast = pod.fast
+        if fast is None:
+            return
+        fast.settle(self.clock())
+        if fast.drain_queues:
+            # its table just turned conntrack on: packets queued before it go first
+            fast.drain_queues = False
+            for hook in pod.queues:
+                for _ in range(_DRAIN_BATCHES):
+                    if not self._on_queue(pod, hook, settle=False):
+                        break
+            fast.settle(self.clock())
+        probes, fast.probes = fast.probes, []
+        self._execute(pod, [Inject(p, Hook.INPUT) for p in probes])
 
     def _run_timers(self) -> None:
         now = self.clock()
@@ -384,12 +395,16 @@ class Runtime:
             if deadline is not None and deadline <= now:
                 self._execute(pod, pod.processor.timer(now))
                 self._settle(pod)
+            if pod.fast is not None:
+                self._execute(pod, pod.fast.watch(now))
 
-    def _on_queue(self, pod: Pod, hook: Hook) -> None:
+    def _on_queue(self, pod: Pod, hook: Hook, settle: bool = True) -> int:
+        """Handle a batch of `hook`'s queue; how many packets it had."""
         queue = pod.queues[hook]
         stats = pod.stats
         fast = pod.fast
-        for pkt in queue.receive():
+        batch = queue.receive()
+        for pkt in batch:
             stats.packets += 1
             stats.truncated += pkt.truncated
             if fast is not None:
@@ -426,7 +441,9 @@ class Runtime:
                 queue.flush()
                 self._execute(pod, actions[1:])
         queue.flush()  # before offloading: these verdicts must meet the old ct state
-        self._settle(pod)
+        if settle:
+            self._settle(pod)
+        return len(batch)
 
     def _on_control(self, pod: Pod) -> None:
         while True:
