@@ -24,8 +24,11 @@ tools: $(BIN)/dysco
 
 setup: apt-deps $(BIN)/dysco tools
 
-# README command one: the main job on the built-in local setup.
-demo: setup sim
+# README command one: the local Kubernetes (built or reused), images, the chart with the
+# real data plane, then `dysco demo`: live middlebox changes under verified sessions.
+# DEMO_ARGS are passed to `dysco demo` (e.g. DEMO_ARGS="--steps rollout,drain --json").
+demo: setup cluster-up
+	scripts/demo.sh $(DEMO_ARGS)
 
 # README command two: linters, type checks and the whole test suite, on the local
 # Kubernetes (built from Debian's sources on first use, cached in /var/cache/dysco).

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .demo.app import add_app_parser
+from .demo.driver import add_demo_parser
 from .k8s.cli import add_agent_parser
 from .lab.cli import add_bench_parser, add_chain_parser, add_lab_parser
 from .sim.cli import add_sim_parser
@@ -24,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_chain_parser(sub)
     add_agent_parser(sub)
+    add_app_parser(sub)
+    add_demo_parser(sub)
     return parser
 
 

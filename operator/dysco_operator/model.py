@@ -14,6 +14,9 @@ GROUP = "dysco.io"
 VERSION = "v1alpha1"
 CHAINS = "servicechains"
 PLANS = "dysconodeplans"
+CONTENT_DELTA = "dysco.io/content-delta"
+"""Pod annotation of a TCP-terminating proxy: "<left-to-right>,<right-to-left>", the
+bytes it adds (negative: removes) to every session per direction."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class PodInfo:
     """Named container ports (for Services with a named targetPort)."""
     host_network: bool = False
     """Pods in the node's own network namespace are never Dysco hosts."""
+    content_delta: tuple[int, int] | None = None
+    """A proxy's `CONTENT_DELTA` annotation (None: absent or not two integers)."""
 
     @property
     def key(self) -> str:
@@ -78,7 +83,16 @@ class PodInfo:
             container_ids=cids,
             ports=ports,
             host_network=bool(spec.get("hostNetwork")),
+            content_delta=_content_delta((meta.get("annotations") or {}).get(CONTENT_DELTA)),
         )
+
+
+def _content_delta(text: str | None) -> tuple[int, int] | None:
+    try:
+        l2r, r2l = (int(x) for x in (text or "").split(","))
+    except ValueError:
+        return None
+    return l2r, r2l
 
 
 @dataclass(frozen=True)

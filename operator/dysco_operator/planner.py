@@ -375,6 +375,9 @@ def build_plans(
                 "namespace": pod.namespace, "name": pod.name, "uid": pod.uid, "ip": pod.ip,
                 "containerIDs": list(pod.container_ids), "roles": [], "policies": [],
             })
+            if pod.content_delta is not None:
+                p["contentDelta"] = {"leftToRight": pod.content_delta[0],
+                                     "rightToLeft": pod.content_delta[1]}
             if role not in p["roles"]:
                 p["roles"].append(role)
             if role["role"] == "source" and res.destinations and not any(

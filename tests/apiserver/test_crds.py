@@ -132,7 +132,7 @@ def test_printer_columns(api: Any, apiserver: ApiServer) -> None:
     resp = get_table(apiserver, f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/servicechains")
     assert "cols" in [r["cells"][0] for r in resp["rows"]]
     names = [c["name"] for c in resp["columnDefinitions"] if c["priority"] == 0]
-    assert names == ["Name", "Ready", "Hops", "Sessions", "Revision", "Age"]
+    assert names == ["Name", "Ready", "Hops", "Sessions", "Revision", "By-Revision", "Age"]
 
 
 def test_node_plan_schema(api: Any) -> None:
@@ -147,7 +147,10 @@ def test_node_plan_schema(api: Any) -> None:
         "metadata": {"name": "n0"},
         "spec": {"nodeName": "n0", "revision": 1,
                  "chains": [{"name": "a/b", "revision": 1,
-                             "hops": [{"name": "fw", "instances": ["10.0.0.1"]}]}]}})
+                             "hops": [{"name": "fw", "instances": ["10.0.0.1"]}]}],
+                 "pods": [{"namespace": "a", "name": "fw", "uid": "u", "ip": "10.0.0.1",
+                           "contentDelta": {"leftToRight": 27, "rightToLeft": -5}}]}})
     assert obj["spec"]["chains"][0]["updatePolicy"] == "live"
     assert obj["spec"]["chains"][0]["hops"][0]["kind"] == "transparent"
+    assert obj["spec"]["pods"][0]["contentDelta"] == {"leftToRight": 27, "rightToLeft": -5}
     co.delete_cluster_custom_object(GROUP, VERSION, "dysconodeplans", "n0")

@@ -127,19 +127,20 @@ def build_images() -> None:
 
 
 @contextlib.contextmanager
-def chart_installed(ns: str) -> Iterator[Any]:
+def chart_installed(ns: str, values: tuple[Path, ...] = ()) -> Iterator[Any]:
     """Lock, cluster check, images, then the chart and an empty namespace ``ns``: yields the
     API client. Everything is removed on exit (see ``installed_chart``)."""
     with cluster_lock():
         api = kube_client()
         build_images()
-        with installed_chart(api, ns):
+        with installed_chart(api, ns, values):
             yield api
 
 
 @contextlib.contextmanager
-def installed_chart(api: Any, ns: str) -> Iterator[Any]:
-    """The chart installed (operator + agents) and an empty namespace ``ns`` for the test.
+def installed_chart(api: Any, ns: str, values: tuple[Path, ...] = ()) -> Iterator[Any]:
+    """The chart installed (operator + agents) and an empty namespace ``ns`` for the test;
+    ``values`` are more values files, after ``ci/local-cluster-values.yaml``.
 
     On exit: the chains are deleted while the operator still runs (its finalizer releases
     them), then the Deployments and pods (forced), the namespace and the release.
@@ -162,6 +163,7 @@ def installed_chart(api: Any, ns: str) -> Iterator[Any]:
         run(str(HELM), "upgrade", "--install", RELEASE, str(ROOT / "charts" / "dysco"),
             "-n", SYSTEM_NS, "--create-namespace",
             "-f", str(ROOT / "charts" / "dysco" / "ci" / "local-cluster-values.yaml"),
+            *(arg for v in values for arg in ("-f", str(v))),
             "--set", f"operator.image.tag={TAG},agent.image.tag={TAG}",
             "--wait", "--timeout", "240s")
         core.create_namespace({"metadata": {"name": ns}})

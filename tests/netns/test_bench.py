@@ -44,3 +44,14 @@ def test_summary_from_rows() -> None:
     assert head["added_rtt_us_p50_per_hop"] == 450.0
     assert head["replace_1000_sessions_s"] == 3.5
     assert head["replace_1000_sessions_p99_s"] == 3.4
+
+
+def test_load_holds_sessions_and_reconfigures_some(lab: Lab) -> None:
+    """`dysco bench --load`: 200 sessions at once, 50 of them replaced; all still echo,
+    none is reset, and the memory per session is measured."""
+    out = bench.load(lab, 200, 50)
+    assert out["ok"], out
+    assert out["order"]["done"] == 50
+    assert out["echo_after"] == [{"ok": 150, "failed": 0}, {"ok": 50, "failed": 0}]
+    assert "HopFailed" not in out["notifications"] and not out["rejected"]
+    assert 0 < out["core_bytes_per_session"]["left"] < out["core_bytes_per_session"]["middle"]

@@ -70,7 +70,9 @@ def test_cli_inserts_into_live_sessions(lab: Lab) -> None:
         answers.append(json.loads(done.stdout))
         return answers[-1]
 
-    opts = scenarios.Options(bytes=40 << 20, sessions=2, timeout=15)
+    # paced (8 s): starting the CLI's Python may take a second or more on a loaded
+    # machine, and an unpaced transfer could end before the order arrives
+    opts = scenarios.Options(bytes=8 << 20, sessions=2, timeout=15, rate=1 << 20)
     result = scenarios._dysco(lab, opts, hops=[], spare=("mb1",),
                               boxes={"mb1": scenarios._fw}, reconfig=go, must_see=("mb1",))
     assert result["ok"], result["failures"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -9,7 +10,7 @@ import pytest
 from standin import RPORT, VPORT, PortMapper
 
 from dysco.dataplane import netns, rules
-from dysco.dataplane.runtime import PodSpec, Processor, Runtime, ip_to_int
+from dysco.dataplane.runtime import CONTROL_BUFFER, PodSpec, Processor, Runtime, ip_to_int
 from dysco.lab import scenarios
 from dysco.lab.topology import Lab
 
@@ -64,4 +65,26 @@ def test_remove_pod_and_restart(lab: Lab) -> None:
         runtime.step(0.01)
         runtime.remove_pod(mb.name)
         assert not rules.Interception(mb.name, runtime.variant).listing()
+        runtime.close()
+
+
+def test_control_socket_holds_an_orders_burst(lab: Lab) -> None:
+    """One order sends a control datagram per session at once: 1,000 queued datagrams
+    must fit the receiving agent's control socket (the default buffer holds ~280)."""
+    client, mb = lab.pod("client"), lab.pod("mb1")
+    runtime = Runtime(lambda spec: PortMapper())
+    try:
+        pod = runtime.add_pod(PodSpec(client.name, client.ip))
+        assert pod.control.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= CONTROL_BUFFER
+        with netns.entered(mb.name):
+            sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sender:
+            for i in range(1000):
+                sender.sendto(i.to_bytes(4, "big") * 20, (client.ip, 2016))
+        got = 0
+        with contextlib.suppress(BlockingIOError):
+            while pod.control.recv(4096):
+                got += 1
+        assert got == 1000
+    finally:
         runtime.close()

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from dysco.core import Hop, Policy, Selector
 from dysco.core import commands as cmd
+from dysco.core import control as ctl
+from dysco.core.actions import Action, SendControl
+from dysco.core.auth import TRAILER
 from dysco.core.packet import ACK, RST, TcpPacket, build
 from dysco.core.policy import choose_instance
 from dysco.core.ports import PortAllocator
+from dysco.core.state import Lock
 from dysco.sim.apps import Endpoint, Forwarder
 from dysco.sim.network import LinkModel
 from dysco.sim.scenarios import M1, M2, A, D
@@ -79,6 +83,17 @@ def test_port_allocator_never_repeats_a_live_tuple() -> None:
     assert ports.allocate(1, 2) not in got - {next(iter(got))}
 
 
+def test_port_start_keeps_a_new_agent_off_its_predecessors_tuples() -> None:
+    """A re-attached pod's new core must not reopen tuples the next hop has tombstoned."""
+    old = PortAllocator((40000, 59999), (20000, 39999))
+    used = {old.allocate(1, 2) for _ in range(100)}
+    assert PortAllocator((40000, 59999), (20000, 39999)).allocate(1, 2) in used
+    new = PortAllocator((40000, 59999), (20000, 39999), start=123_456_789)
+    assert not {new.allocate(1, 2) for _ in range(100)} & used
+    wrapped = PortAllocator((40000, 40003), (20000, 20001), start=8 * 3 + 5)
+    assert wrapped.allocate(1, 2) == (1, 2, 40001, 20001)
+
+
 def test_instance_choice_skips_excluded_and_is_stable() -> None:
     hop = Hop("fw", (10, 11, 12))
     t = (1, 2, 3, 4)
@@ -101,3 +116,28 @@ def test_selector_matches_either_end() -> None:
     assert sel.matches((A, D, 1, 80), "") and sel.matches((D, A, 80, 1), "")
     assert not Selector(policy="x").matches((A, D, 1, 80), "y")
     assert TcpPacket.parse(build(A, D, 1, 2, 3, 4, ACK)).tuple4() == (A, D, 1, 2)
+
+
+def _right_requests(actions: list[Action]) -> int:
+    return sum(1 for a in actions if isinstance(a, SendControl)
+               and ctl.decode(a.data[:-TRAILER.size]).type is ctl.MsgType.RIGHT_REQUEST)
+
+
+def test_a_middlebox_repeats_its_request_to_leave_only_while_no_lock_is_held() -> None:
+    """ReplaceSelf repeats rightRequest until the middlebox is out of the session, but not
+    while a reconfiguration holds the lock through it (the repeats would only load the
+    agents busy with it); they resume if that attempt is cancelled."""
+    world = World(4, LinkModel())
+    chain(world, (M1,))
+    world.engine.run(0.01)
+    m1 = world.hosts["M1"].agent
+    (s,) = m1.sessions.values()
+    assert s.right is not None
+    t = world.engine.now
+    assert _right_requests(m1.command(cmd.ReplaceSelf(Selector(), ()), t)) == 1
+    t += m1.config.removal_retry
+    s.right.lock = Lock.LOCKED  # a reconfiguration took the lock through us
+    assert _right_requests(m1.timer(t)) == 0
+    t += m1.config.removal_retry
+    s.right.lock = Lock.UNLOCKED  # ... and was cancelled
+    assert _right_requests(m1.timer(t)) == 1

@@ -213,6 +213,9 @@ def test_agent_step_reports_status_and_serves_read_only_http() -> None:
     agent._listed = True
     dp.session_counts = {("ns/web", 3): 7}
     dp.reconfig_counts = {("ns/web", 3): (5, 1)}
+    dp.rejection_counts = {"half_open_full": 12}
+    dp.hop_failure_counts = {"detected": 2}
+    dp.reconfig_durations = [0.02, 0.3]
     server = agent.serve_http("127.0.0.1", 0)
     port = server.server_address[1]
     try:
@@ -225,6 +228,8 @@ def test_agent_step_reports_status_and_serves_read_only_http() -> None:
         assert st["sessions"] == [{"chain": "ns/web", "revision": 3, "count": 7}]
         assert st["reconfigurations"] == [{"chain": "ns/web", "revision": 3, "done": 5,
                                            "failed": 1}]
+        assert st["rejected"] == {"half_open_full": 12}
+        assert st["hopFailures"] == {"detected": 2}
         assert st["conditions"][0]["type"] == "Applied"
         assert st["conditions"][0]["observedGeneration"] == 4
         agent.step()
@@ -237,6 +242,11 @@ def test_agent_step_reports_status_and_serves_read_only_http() -> None:
         assert 'dysco_reconfigurations_total{chain="ns/web",result="failed",revision="3"} 1.0' \
             in text
         assert "dysco_agent_plan_revision 3.0" in text
+        assert 'dysco_agent_rejected_total{reason="half_open_full"} 12.0' in text
+        assert 'dysco_agent_hop_failures_total{how="detected"} 2.0' in text
+        assert "dysco_reconfiguration_duration_seconds_count 2.0" in text
+        assert 'dysco_reconfiguration_duration_seconds_bucket{le="0.025"} 1.0' in text
+        assert dp.reconfig_durations == []  # taken once, not observed again
         req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", method="POST")
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(req, timeout=5)
@@ -257,3 +267,30 @@ def test_cli_parser_and_dataplane_loading(monkeypatch: pytest.MonkeyPatch) -> No
     assert isinstance(load_dataplane("record"), RecordingDataPlane)
     with pytest.raises(SystemExit, match="cannot load data plane"):
         load_dataplane("no.such.module:factory")
+
+
+def test_limits_from_the_environment() -> None:
+    from dysco.dataplane.k8s import limits_from_env
+    assert limits_from_env({}) == {}
+    assert limits_from_env({"DYSCO_MAX_HALF_OPEN": "500", "DYSCO_HANDSHAKE_TIMEOUT": "2.5",
+                            "DYSCO_MAX_SESSIONS": " "}) == {
+        "max_half_open": 500, "handshake_timeout": 2.5}
+    with pytest.raises(ValueError, match="DYSCO_MAX_SESSIONS='many' is not a int"):
+        limits_from_env({"DYSCO_MAX_SESSIONS": "many"})
+    with pytest.raises(ValueError, match="must be positive"):
+        limits_from_env({"DYSCO_CONTROL_RATE": "0"})
+
+
+def test_content_delta_of_a_proxy_pod_is_passed_on_and_cleared() -> None:
+    rec, dp = make()
+    spec = plan_spec()
+    spec["pods"][1]["contentDelta"] = {"leftToRight": 27, "rightToLeft": -5}
+    rec.apply(spec)
+    kinds = [c[0] for c in dp.calls]
+    assert kinds.index("set_content_delta") > kinds.index("attach_pod")
+    assert dp.content_deltas == {"ns/fw": (27, -5)}
+    n = len(dp.calls)
+    rec.apply(spec)
+    assert len(dp.calls) == n
+    rec.apply(plan_spec())  # annotation removed
+    assert dp.content_deltas == {"ns/fw": (0, 0)}

@@ -263,7 +263,7 @@ def test_crd_conventions() -> None:
     assert sc["spec"]["names"]["shortNames"] == ["sc", "schain"]
     assert v["subresources"] == {"status": {}}
     cols = [c["name"].upper() for c in v["additionalPrinterColumns"] if not c.get("priority")]
-    assert cols == ["READY", "HOPS", "SESSIONS", "REVISION", "AGE"]
+    assert cols == ["READY", "HOPS", "SESSIONS", "REVISION", "BY-REVISION", "AGE"]
     status = v["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
     cond = status["conditions"]["items"]
     assert {"type", "status", "reason", "message", "lastTransitionTime"} <= set(cond["required"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -299,3 +300,18 @@ def test_plan_invariants(pods: list[PodInfo], used: frozenset[str]) -> None:
     for ip in all_instances:                               # instances are ready and staying
         assert by_ip[ip].ready and not by_ip[ip].deleting
     assert planner.build_plans([res], NOW) == plans        # deterministic
+
+
+def test_proxy_content_delta_annotation_reaches_the_plan() -> None:
+    body = {"metadata": {"namespace": "default", "name": "ids-1", "uid": "u",
+                         "annotations": {"dysco.io/content-delta": "27,-5"}}}
+    assert PodInfo.from_body(body).content_delta == (27, -5)
+    for bad in ("27", "a,b", "1,2,3", ""):
+        body["metadata"]["annotations"]["dysco.io/content-delta"] = bad
+        assert PodInfo.from_body(body).content_delta is None
+    pods = [dataclasses.replace(p, content_delta=(27, 57)) if p.name == "ids-1" else p
+            for p in world()]
+    _, plans = plan_for(chain(), pods)
+    by_name = {p["name"]: p for p in plans["c"]["pods"]}
+    assert by_name["ids-1"]["contentDelta"] == {"leftToRight": 27, "rightToLeft": 57}
+    assert "contentDelta" not in by_name["fw-2"]

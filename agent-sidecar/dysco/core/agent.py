@@ -14,13 +14,14 @@ from .control import MsgType
 from .datapath import split_two_paths, to_local, to_wire, track_in, track_out
 from .errors import RemoteError
 from .events import Rejected, SessionOpened
+from .failure import HopWatch
 from .packet import ACK, RST, SYN, TcpPacket
 from .policy import Policy, Selector, choose_instance
 from .reconfig import Reconfigurer
 from .state import Path, Phase, Session, Side, Tuple4, reverse
 
 
-class Agent(Reconfigurer):
+class Agent(Reconfigurer, HopWatch):
     """A Dysco agent. Drive it with `packet`, `control`, `timer` and `command`."""
 
     def __init__(self, config: AgentConfig) -> None:
@@ -52,6 +53,9 @@ class Agent(Reconfigurer):
 
     def control(self, src: int, data: bytes, now: float) -> list[Action]:
         self._begin(now)
+        if not self.control_limiter.allow(src, now):
+            self._notify(Rejected("control", "rate_limited", "over the sender's rate"))
+            return self._end()
         try:
             body = data if self.auth is None else self.auth.open(data, src, now)
             msg = ctl.decode(body)
@@ -164,12 +168,18 @@ class Agent(Reconfigurer):
 
     # ----- session setup -----
     def _new_session(self, role: str, policy: str, revision: int) -> Session | None:
+        """A session for a new SYN, or None (SYN dropped, reported) over a limit."""
         if len(self.sessions) >= self.config.max_sessions:
             self._notify(Rejected("packet", "session_table_full", "SYN dropped"))
             self._drop()
             return None
+        if self.half_open >= self.config.max_half_open:
+            self._notify(Rejected("packet", "half_open_full", "SYN dropped"))
+            self._drop()
+            return None
         s = Session(self._count("sid"), role, policy, revision, last_activity=self.now)
         self.sessions[s.sid] = s
+        self._open_half(s, self.now)
         self._watch_idle(s)
         return s
 
@@ -246,6 +256,10 @@ class Agent(Reconfigurer):
             pkt = pkt.without_tag()
         s.last_activity = self.now
         track_out(side, pkt, syn)
+        if s.half_open:
+            self._check_established(s)
+        if s.role != "middle" and pkt.seg_len:
+            self._watch_send(side)
         if syn and not flags & ACK and s.syn_payload:
             pkt = pkt.rebuild(payload=s.syn_payload)
         rc = side.rc
@@ -283,7 +297,12 @@ class Agent(Reconfigurer):
         if on_new and side.phase is Phase.WAITING:
             self._enter_two_paths(side)  # first sign that the left anchor switched
         to_local(pkt, side, path)
+        stalled, acked = side.stall_since is not None, side.snd_acked
         track_in(side, pkt, syn)
+        if s.half_open:
+            self._check_established(s)
+        if stalled and side.snd_acked != acked:
+            self._progress(side)
         rc = side.rc
         if rc is not None and side.phase is Phase.TWO_PATHS and not on_new and pkt.seg_len:
             end = seq.add(pkt.seq, pkt.seg_len)
@@ -330,17 +349,20 @@ class Agent(Reconfigurer):
         MsgType.COMPLETE: lambda a, m, src: a._on_complete(m, src),
         MsgType.COMPLETE_ACK: lambda a, m, src: a._on_complete_ack(m),
         MsgType.TEARDOWN: lambda a, m, src: a._on_teardown(m),
+        MsgType.ABORT: lambda a, m, src: a._on_abort(m, src),
     }
 
     # ================= introspection =================
     def stats(self) -> dict[str, int]:
         return {
             "sessions": len(self.sessions),
+            "half_open": self.half_open,
             "subsessions": len(self.by_in),
             "pending": len(self.pending),
             "reconfigurations": len(self.by_rid),
             "tombstones": len(self.tombstones),
             "timers": len(self._timers),
+            "offloaded": sum(s.offloaded for s in self.sessions.values()),
         }
 
     def forget(self, sid: int, how: str, now: float) -> list[Action]:
@@ -349,6 +371,19 @@ class Agent(Reconfigurer):
         s = self.sessions.get(sid)
         if s is not None and s.offloaded:
             self._free_session(s, how)
+        return self._end()
+
+    def stalled(self, sid: int, since: float, now: float) -> list[Action]:
+        """A driver handed back an offloaded session whose end has had unacknowledged
+        data and no ack since `since` (it read its socket): the dead-hop watch
+        (failure.py) carries on from then, as if the core had seen it."""
+        self._begin(now)
+        s = self.sessions.get(sid)
+        if s is not None and not s.offloaded and len(s.sides) == 1:
+            side = s.sides[0]
+            side.stall_since = since
+            if not side.stall_armed:
+                self._arm_stall(side, max(now, since + self.config.hop_timeout))
         return self._end()
 
     def session_of(self, t: Tuple4) -> Session | None:

@@ -11,6 +11,7 @@ from .actions import Action, Hook, Inject, Notify, SendControl, Verdict
 from .auth import Authenticator
 from .config import AgentConfig
 from .events import Event, SessionClosed
+from .limits import RateLimiter
 from .policy import Policy
 from .ports import PortAllocator
 from .state import Path, Session, Side, Tuple4
@@ -32,11 +33,14 @@ class AgentBase:
         self.by_rid: dict[int, Side] = {}  # reconfigurations this agent anchors
         self.tombstones: dict[Tuple4, float] = {}  # retired subsessions: drop until then
         self.policies: tuple[Policy, ...] = ()
-        self.ports = PortAllocator(config.local_ports, config.peer_ports)
+        self.ports = PortAllocator(config.local_ports, config.peer_ports, config.port_start)
         self.auth = (
             Authenticator(dict(config.keys), config.current_key, config.auth_window)
             if config.keys else None
         )
+        self.half_open = 0  # sessions whose handshake we have not seen complete
+        self.control_limiter = RateLimiter(config.control_rate, config.control_burst,
+                                           config.control_senders)
         # counters: session ids, SYN tags, reconfiguration ids, round robin
         self.counters = {"sid": 0, "tag": 0, "rid": 0, "rr": 0}
         self._timers: list[tuple[float, int, Timer]] = []
@@ -115,6 +119,9 @@ class AgentBase:
     def _free_session(self, s: Session, how: str) -> None:
         if self.sessions.pop(s.sid, None) is None:
             return
+        if s.half_open:
+            s.half_open = False
+            self.half_open -= 1
         for side in s.sides:
             for path in (side.path, side.new):
                 if path is not None:
@@ -135,6 +142,29 @@ class AgentBase:
     def _linger_done(self, s: Session, now: float) -> None:
         if s.closing_at is not None and s.closing_at <= now:
             self._free_session(s, s.close_how)
+
+    def _open_half(self, s: Session, since: float) -> None:
+        """Count `s` as half-open; free it if its handshake has not ended by the timeout
+        (a SYN flood's sessions never finish theirs)."""
+        s.half_open = True
+        self.half_open += 1
+        when = since + self.config.handshake_timeout
+        self._at(when, lambda now: self._handshake_check(s))
+
+    def _handshake_check(self, s: Session) -> None:
+        if s.half_open and s.sid in self.sessions:
+            self._free_session(s, "handshake_timeout")
+
+    @staticmethod
+    def _handshake_done(s: Session) -> bool:
+        """Every side has had its SYN acknowledged and no hop is still to be opened."""
+        return (bool(s.sides) and not s.pending_hops
+                and all(side.snd_acked is not None for side in s.sides))
+
+    def _check_established(self, s: Session) -> None:
+        if s.half_open and self._handshake_done(s):
+            s.half_open = False
+            self.half_open -= 1
 
     def _watch_idle(self, s: Session) -> None:
         when = s.last_activity + self.config.idle_timeout

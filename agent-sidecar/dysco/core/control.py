@@ -42,6 +42,7 @@ class MsgType(enum.IntEnum):
     COMPLETE = 11
     COMPLETE_ACK = 12
     TEARDOWN = 13
+    ABORT = 14  # end to end: a hop of the session is dead, reset it (sub = session tuple)
 
 
 class NackReason(enum.IntEnum):

@@ -54,4 +54,14 @@ class ReconfigFailed:
     final: bool  # False when the agent will retry
 
 
-Event = Rejected | SessionOpened | SessionClosed | ReconfigStarted | ReconfigDone | ReconfigFailed
+@dataclass(frozen=True, slots=True)
+class HopFailed:
+    """A chained session made no progress (a hop on its path is dead): it was reset."""
+
+    session: Tuple4
+    peer: int  # the neighbour on the dead path
+    how: str  # "detected" (no acks here) or "aborted" (the other end detected it)
+
+
+Event = (Rejected | SessionOpened | SessionClosed | ReconfigStarted | ReconfigDone
+         | ReconfigFailed | HopFailed)

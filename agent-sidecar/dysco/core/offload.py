@@ -150,18 +150,20 @@ def mb_probes(agent: Agent, sid: int) -> list[tuple[Tuple4, int, int]]:
     """Segments that make the sockets at both ends of a middlebox session handed back
     for a reconfiguration answer with their real next sequence numbers and acks:
     (wire tuple, seq, ack), one per side, sent towards that side's neighbour. As with
-    `probe`, the seq is below what the socket expects (it drops the segment and acks);
-    the answers cross this middlebox, whose core relearns both streams (bare acks bound
-    what was sent, datapath.track_in/out) before the cutoffs are taken."""
+    `probe`, one byte wholly below what the far socket has received (it drops the
+    segment and acks at once); the answers cross this middlebox, whose core relearns
+    both streams (bare acks bound what was sent, datapath.track_in/out) before the
+    cutoffs are taken. None for a side that saw a FIN: the close passes the core."""
     s = agent.sessions.get(sid)
     if s is None or len(s.sides) != 2:
         return []
     out = []
     for side in s.sides:
-        if side.snd_acked is None or side.rcv_acked is None:
+        if (side.snd_acked is None or side.rcv_acked is None or side.fin_in is not None
+                or side.fin_out is not None):
             continue
         p = side.path
-        out.append((p.sub_out, (side.snd_acked - 1 + p.snd_off) & 0xFFFFFFFF,
+        out.append((p.sub_out, (side.snd_acked - 2 + p.snd_off) & 0xFFFFFFFF,
                     (side.rcv_acked - p.rcv_off) & 0xFFFFFFFF))
     return out
 
@@ -177,11 +179,14 @@ def candidate(agent: Agent, local_out: Tuple4) -> Offload | None:
 
 
 def set_offloaded(agent: Agent, sid: int, on: bool, now: float) -> Session | None:
-    """Record that the kernel took the session over (`on`) or handed it back."""
+    """Record that the kernel took the session over (`on`) or handed it back. The
+    dead-hop watch stops: the core will not see the acks that would end a stall."""
     s = agent.sessions.get(sid)
     if s is not None:
         s.offloaded = on
         s.last_activity = now
+        for side in s.sides:
+            side.stall_since = None
     return s
 
 
@@ -195,16 +200,21 @@ def reconfiguring(agent: Agent) -> list[int]:
 def probe(agent: Agent, sid: int) -> tuple[Tuple4, int, int] | None:
     """A segment that makes the local socket of a handed-back session answer with an
     ack carrying its real next sequence number and ack: (tuple as delivered locally,
-    seq, ack). Its seq is below what the socket expects, so the socket drops it and
-    acks (RFC 793, as for a keepalive); the answer passes the core, which relearns the
-    stream it did not see, and reaches the peer, whose core relearns our acks."""
+    seq, ack) of one byte of data that lies wholly below what the socket has received.
+    The socket drops it and acks at once (RFC 793, as for a retransmission); the answer
+    passes the core, which relearns the stream it did not see, and reaches the peer,
+    whose core relearns our acks. One byte, not a bare ack: the kernel answers bare
+    out-of-window acks at most every 0.5 s per socket (tcp_invalid_ratelimit), so a
+    second reconfiguration soon after the first got no answer; data segments are not
+    rate limited. None once a FIN was seen: the close itself passes the core."""
     s = agent.sessions.get(sid)
     if s is None or len(s.sides) != 1:
         return None
     side = s.sides[0]
-    if side.rcv_acked is None or side.snd_acked is None:
+    if (side.rcv_acked is None or side.snd_acked is None or side.fin_in is not None
+            or side.fin_out is not None):
         return None
-    return side.local, (side.rcv_acked - 1) & 0xFFFFFFFF, side.snd_acked
+    return side.local, (side.rcv_acked - 2) & 0xFFFFFFFF, side.snd_acked
 
 
 def probe_due(agent: Agent, sid: int) -> bool:
@@ -217,6 +227,21 @@ def probe_due(agent: Agent, sid: int) -> bool:
     side = s.sides[0]
     assert side.rc is not None
     return side.rc.role == "right" or side.phase is not Phase.REQUESTING
+
+
+def stalled(agent: Agent, sid: int, since: float, now: float) -> list[Action]:
+    """Hand an offloaded session back to the dead-hop watch: its end has had unacked
+    data and no ack since `since`. The driver hands it back first (the core must see
+    the app's retransmissions, whose acks give the reset its sequence number), and
+    keeps it on the queues while `stalling`."""
+    set_offloaded(agent, sid, False, now)
+    return agent.stalled(sid, since, now)
+
+
+def stalling(agent: Agent, sid: int) -> bool:
+    """Is the dead-hop watch still waiting for an ack on this session?"""
+    s = agent.sessions.get(sid)
+    return s is not None and any(side.stall_since is not None for side in s.sides)
 
 
 def ended(agent: Agent, sid: int, how: str, now: float) -> list[Action]:

@@ -169,6 +169,8 @@ def _index(a: Agent, s: Session) -> None:
         a.pending[s.left.local] = s
         if s.tag is not None:
             a.pending_tag[s.tag] = s
+    if not s.inserted and not a._handshake_done(s):
+        a._open_half(s, a.now)
     a._watch_idle(s)
     if s.closing_at is not None:
         a._at(s.closing_at, lambda t: a._linger_done(s, t))

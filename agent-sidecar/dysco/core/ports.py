@@ -12,11 +12,11 @@ class PortAllocator:
     never equal one that the peer chose towards us.
     """
 
-    def __init__(self, local: tuple[int, int], peer: tuple[int, int]) -> None:
+    def __init__(self, local: tuple[int, int], peer: tuple[int, int], start: int = 0) -> None:
         self._local = local
         self._peer = peer
         self._used: set[Tuple4] = set()
-        self._next = 0
+        self._next = start % ((local[1] - local[0] + 1) * (peer[1] - peer[0] + 1))
 
     def allocate(self, me: int, peer: int) -> Tuple4:
         lo, hi = self._local

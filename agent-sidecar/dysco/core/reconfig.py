@@ -12,7 +12,7 @@ from . import control as ctl
 from . import seq
 from .base import AgentBase
 from .control import Control, MsgType, NackReason
-from .events import ReconfigDone, ReconfigFailed, ReconfigStarted
+from .events import ReconfigDone, ReconfigFailed, ReconfigStarted, Rejected
 from .state import Lock, Path, Phase, Reconfig, Retry, Session, Side, Tuple4, reverse
 
 _PERMANENT = {NackReason.NO_ANCHOR, NackReason.NO_SESSION}
@@ -57,6 +57,8 @@ class Reconfigurer(AgentBase):
             return False
         if not self._idle(side) or side.lock is not Lock.UNLOCKED:
             return False
+        if len(self.by_rid) >= self.config.max_reconfigs:
+            return False  # retried later, like a busy side
         rid = (self.address << 32) | (self._count("rid") & 0xFFFFFFFF)
         rc = Reconfig(rid, "left", ra, hops, self.now, attempt=attempt)
         side.rc = rc
@@ -173,6 +175,9 @@ class Reconfigurer(AgentBase):
                 self._ack_lock(side)
             return None
         if not self._idle(side) or side.session.torn:
+            return self._nack(msg, side, NackReason.BUSY)
+        if len(self.by_rid) >= self.config.max_reconfigs:
+            self._notify(Rejected("control", "reconfig_table_full", "lock request refused"))
             return self._nack(msg, side, NackReason.BUSY)
         delta = seq.add(msg.value, side.path.rcv_off)
         rc = Reconfig(msg.rid, "right", msg.la, (), self.now, delta=delta)
@@ -389,7 +394,10 @@ class Reconfigurer(AgentBase):
             return
         if not msg.hops or msg.hops[0] != self.address or len(msg.hops) < 2:
             return
-        if msg.sub in self.tombstones or len(self.sessions) >= self.config.max_sessions:
+        if msg.sub in self.tombstones:
+            return
+        if len(self.sessions) >= self.config.max_sessions:
+            self._notify(Rejected("control", "session_table_full", "new-path SYN ignored"))
             return
         t = msg.session
         stale = self.by_out.get(reverse(t)) or self.by_out.get(t)
@@ -601,10 +609,14 @@ class Reconfigurer(AgentBase):
     def _removal_tick(self, s: Session, now: float) -> None:
         if s.sid not in self.sessions or s.torn or s.removal is None:
             return
-        s.removal_tries += 1
-        if s.removal_tries > self.config.removal_attempts:
-            return
-        self._send_right_request(s)
+        if s.right is None or s.right.lock is Lock.UNLOCKED:
+            s.removal_tries += 1
+            if s.removal_tries > self.config.removal_attempts:
+                return
+            self._send_right_request(s)
+        # else a reconfiguration holds the lock through us (our left neighbour acts on
+        # the request): repeating it would only load agents that are busy with it
+        # (1,000 sessions: thousands of datagrams); ticks resume if it is cancelled.
         self._at(now + self.config.removal_retry, lambda t: self._removal_tick(s, t))
 
 

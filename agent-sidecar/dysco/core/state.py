@@ -113,6 +113,8 @@ class Side:
     rcv_acked: int | None = None
     fin_out: int | None = None
     fin_in: int | None = None
+    stall_since: float | None = None  # data outstanding and no ack since (end hosts)
+    stall_armed: bool = False  # a stall check is pending in the timer heap
 
     @property
     def out_key(self) -> Tuple4:
@@ -147,9 +149,10 @@ class Session:
     content_r2l: int = 0
     last_activity: float = 0.0
     closing_at: float | None = None  # lingering after close, freed at this time
-    close_how: str = "fin"  # how it ended: fin, rst, teardown
+    close_how: str = "fin"  # fin, rst, teardown, idle, handshake_timeout
     torn: bool = False  # old-path middlebox told to go away
     inserted: bool = False  # joined mid-session through a new path (saw no handshake)
+    half_open: bool = False  # counted in the agent's half-open limit until the handshake ends
     rid: int = 0  # for an inserted session: the reconfiguration that created it
     removal: tuple[int, ...] | None = None  # ReplaceSelf wanted: replacement hops
     removal_tries: int = 0

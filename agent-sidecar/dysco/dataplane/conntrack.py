@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from . import netns
 
 NETLINK_NETFILTER = 12
-GROUP_DESTROY = 3  # NFNLGRP_CONNTRACK_DESTROY
+GROUP_UPDATE, GROUP_DESTROY = 2, 3  # NFNLGRP_CONNTRACK_UPDATE, _DESTROY
 _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33
 _SOL_NETLINK, _NETLINK_ADD_MEMBERSHIP = 270, 1
 _CT_NEW, _CT_GET, _CT_DELETE = 0x100, 0x101, 0x102
@@ -31,7 +31,8 @@ _NESTED = 0x8000
 _CTA_TUPLE_ORIG, _CTA_TUPLE_REPLY, _CTA_PROTOINFO, _CTA_NAT_SRC = 1, 2, 4, 6
 _CTA_TIMEOUT, _CTA_MARK, _CTA_NAT_DST = 7, 8, 13
 _CTA_SEQ_ADJ_ORIG, _CTA_SEQ_ADJ_REPLY = 15, 16
-_TCP_ESTABLISHED, _TCP_FLAG_BE_LIBERAL = 3, 0x08
+ESTABLISHED, TIME_WAIT, CLOSE = 3, 7, 8  # enum tcp_conntrack
+_TCP_FLAG_BE_LIBERAL = 0x08
 _NLH = struct.Struct("=IHHII")
 _MASK32 = 0xFFFFFFFF
 Tuple4 = tuple[int, int, int, int]
@@ -91,7 +92,7 @@ def new_message(e: Entry, seqno: int) -> bytes:
         _tuple(_CTA_TUPLE_REPLY, (dst, src, dport, sport)),
         _attr(_CTA_TIMEOUT, struct.pack("!I", e.timeout)),
         _attr(_CTA_MARK, struct.pack("!I", e.mark)),
-        _nest(_CTA_PROTOINFO, _nest(1, _attr(1, bytes([_TCP_ESTABLISHED])),
+        _nest(_CTA_PROTOINFO, _nest(1, _attr(1, bytes([ESTABLISHED])),
                                     _attr(4, flags), _attr(5, flags))),
         _nat(_CTA_NAT_SRC, nsrc, nsport),
         _nat(_CTA_NAT_DST, ndst, ndport),
@@ -110,6 +111,17 @@ def delete_message(orig: Tuple4, seqno: int) -> bytes:
     return _message(_CT_DELETE, _F_REQUEST | _F_ACK, seqno, _tuple(_CTA_TUPLE_ORIG, orig))
 
 
+def _tcp_state(msg: bytes) -> int | None:
+    """CTA_PROTOINFO_TCP_STATE of an entry message (None if absent)."""
+    for kind, value in _attrs(msg, _NLH.size + 4, len(msg)):
+        if kind == _CTA_PROTOINFO:
+            for k, v in _attrs(value, 0, len(value)):
+                if k == 1:  # CTA_PROTOINFO_TCP
+                    state = dict(_attrs(v, 0, len(v))).get(1)
+                    return state[0] if state else None
+    return None
+
+
 def _attrs(data: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]:
     while start + 4 <= end:
         length, kind = struct.unpack_from("=HH", data, start)
@@ -120,14 +132,16 @@ def _attrs(data: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]:
 
 
 @dataclass(frozen=True, slots=True)
-class Destroyed:
-    """A destroy event: the entry's original tuple and its mark."""
+class CtEvent:
+    """An update or destroy event: the entry's original tuple, mark and TCP state."""
 
     orig: Tuple4
     mark: int
+    destroyed: bool
+    state: int | None
 
 
-def parse_event(msg: bytes) -> Destroyed | None:
+def parse_event(msg: bytes) -> CtEvent | None:
     """Decode one ctnetlink event message (None if it is not a TCP/IPv4 entry)."""
     tup: Tuple4 | None = None
     mark = 0
@@ -148,11 +162,15 @@ def parse_event(msg: bytes) -> Destroyed | None:
             tup = (ip[1], ip[2], ports[2], ports[3])
         elif kind == _CTA_MARK and len(value) == 4:
             mark = int.from_bytes(value, "big")
-    return None if tup is None else Destroyed(tup, mark)
+    if tup is None:
+        return None
+    kind = _NLH.unpack_from(msg)[1]
+    return CtEvent(tup, mark, kind == _CT_DELETE, _tcp_state(msg))
 
 
 class Conntrack:
-    """A ctnetlink socket in namespace `ns` (None: ours): batched requests, or events."""
+    """A ctnetlink socket in namespace `ns` (None: ours): batched requests, or update
+    and destroy events (state changes only: a handful per connection)."""
 
     def __init__(self, ns: str | None, events: bool = False) -> None:
         if ns is None:
@@ -165,7 +183,8 @@ class Conntrack:
             self.sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, 8 << 20)
             self.sock.bind((0, 0))
             if events:
-                self.sock.setsockopt(_SOL_NETLINK, _NETLINK_ADD_MEMBERSHIP, GROUP_DESTROY)
+                for group in (GROUP_UPDATE, GROUP_DESTROY):
+                    self.sock.setsockopt(_SOL_NETLINK, _NETLINK_ADD_MEMBERSHIP, group)
                 self.sock.setblocking(False)
         except OSError:
             self.sock.close()
@@ -202,6 +221,26 @@ class Conntrack:
         self._collect(pending, until_empty=True)
         return [pending[n] for n in order]
 
+    def tcp_state(self, orig: Tuple4) -> int | None:
+        """The TCP state (`ESTABLISHED`...) of the entry with original tuple `orig`, or
+        None if there is none."""
+        self._seq = (self._seq + 1) & _MASK32
+        self.sock.send(_message(_CT_GET, _F_REQUEST | _F_ACK, self._seq,
+                                _tuple(_CTA_TUPLE_ORIG, orig)))
+        state = None
+        while True:
+            data = self.sock.recv(1 << 16)
+            off = 0
+            while off + _NLH.size <= len(data):
+                length, kind, _, seqno, _ = _NLH.unpack_from(data, off)
+                if length < _NLH.size:
+                    break
+                if seqno == self._seq and kind == _CT_NEW:
+                    state = _tcp_state(data[off:off + length])
+                elif seqno == self._seq and kind == _NLMSG_ERROR:
+                    return state
+                off += (length + 3) & ~3
+
     def _collect(self, pending: dict[int, int], until_empty: bool) -> None:
         waiting = sum(1 for v in pending.values() if v < 0)
         while waiting:
@@ -219,9 +258,9 @@ class Conntrack:
                 if length == 0:
                     break
 
-    def events(self) -> tuple[list[Destroyed], bool]:
-        """Drain destroy events; the flag says some were lost (socket overrun)."""
-        out: list[Destroyed] = []
+    def events(self) -> tuple[list[CtEvent], bool]:
+        """Drain update and destroy events; the flag says some were lost (overrun)."""
+        out: list[CtEvent] = []
         while True:
             try:
                 data = self.sock.recv(1 << 20)

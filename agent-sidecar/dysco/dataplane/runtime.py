@@ -25,6 +25,7 @@ import errno
 import functools
 import json
 import logging
+import secrets
 import selectors
 import socket
 import subprocess
@@ -47,7 +48,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 CONTROL_PORT = 2016
 _CT_EVENTS = "conntrack-events"  # selector tag of a pod's fast-path event socket
+_DRAIN_BATCHES = 64  # at most, per queue, when a pod's fast-path table appears
 _SO_MARK = 36
+_SO_SNDBUFFORCE = 32
+_SO_RCVBUFFORCE = 33
+# The control socket's buffers. One order can reconfigure thousands of sessions, and
+# its messages arrive in bursts (a rightRequest per session, three TEARDOWN copies...):
+# with the default 208 KiB about 280 datagrams fit, the rest were dropped
+# (Udp.RcvbufErrors) and waited for the core's retransmission timers.
+CONTROL_BUFFER = 8 << 20
 
 
 class Processor(Protocol):
@@ -81,6 +90,12 @@ class PodStats:
     notifications: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
+def port_start() -> int:
+    """A random `AgentConfig.port_start`, so a new core does not reuse its predecessor's
+    subsession tuples while the next hop still has them tombstoned."""
+    return secrets.randbelow(1 << 30)
+
+
 def ip_to_int(text: str) -> int:
     return int.from_bytes(socket.inet_aton(text), "big")
 
@@ -108,6 +123,8 @@ class Pod:
         try:
             self.control.bind((spec.address, control_port))
             self.control.setblocking(False)
+            self.control.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, CONTROL_BUFFER)
+            self.control.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, CONTROL_BUFFER)
             self.raw.setsockopt(socket.SOL_SOCKET, _SO_MARK, interception.mark)
             self.mtu = _link_mtu(spec.ns)
         except (OSError, subprocess.CalledProcessError):
@@ -182,7 +199,7 @@ class Runtime:
     def _core_agent(self, spec: PodSpec) -> Processor:
         """The default processor: one protocol-core Agent per pod."""
         return Agent(AgentConfig(address=ip_to_int(spec.address),
-                                 control_port=self.control_port))
+                                 control_port=self.control_port, port_start=port_start()))
 
     # --- pods -------------------------------------------------------------------------
 
@@ -366,14 +383,25 @@ class Runtime:
     def _settle(self, pod: Pod, full: bool = False) -> None:
         """Let the fast paths follow the core after a batch of inputs (`full`: a control
         message or a command, which may change any session)."""
-        if pod.mbfast is not None:
-            pod.mbfast.settle(self.clock(), full)
-            probes, pod.mbfast.probes = pod.mbfast.probes, []
+        mbfast = pod.mbfast
+        if mbfast is not None:
+            mbfast.settle(self.clock(), full)
+            probes, mbfast.probes = mbfast.probes, []
             self._execute(pod, [Inject(p, Hook.OUTPUT) for p in probes])
-        if pod.fast is not None:
-            pod.fast.settle(self.clock())
-            probes, pod.fast.probes = pod.fast.probes, []
-            self._execute(pod, [Inject(p, Hook.INPUT) for p in probes])
+        fast = pod.fast
+        if fast is None:
+            return
+        fast.settle(self.clock())
+        if fast.drain_queues:
+            # its table just turned conntrack on: packets queued before it go first
+            fast.drain_queues = False
+            for hook in pod.queues:
+                for _ in range(_DRAIN_BATCHES):
+                    if not self._on_queue(pod, hook, settle=False):
+                        break
+            fast.settle(self.clock())
+        probes, fast.probes = fast.probes, []
+        self._execute(pod, [Inject(p, Hook.INPUT) for p in probes])
 
     def _run_timers(self) -> None:
         now = self.clock()
@@ -382,14 +410,20 @@ class Runtime:
             if deadline is not None and deadline <= now:
                 self._execute(pod, pod.processor.timer(now))
                 self._settle(pod)
+            if pod.fast is not None:
+                self._execute(pod, pod.fast.watch(now))
 
-    def _on_queue(self, pod: Pod, hook: Hook) -> None:
+    def _on_queue(self, pod: Pod, hook: Hook, settle: bool = True) -> int:
+        """Handle a batch of `hook`'s queue; how many packets it had."""
         queue = pod.queues[hook]
         stats = pod.stats
         fast, mbfast = pod.fast, pod.mbfast
-        for pkt in queue.receive():
+        batch = queue.receive()
+        for pkt in batch:
             stats.packets += 1
             stats.truncated += pkt.truncated
+            if fast is not None:
+                self._execute(pod, fast.reopen(hook, pkt.data, self.clock()))
             try:
                 actions = pod.processor.packet(hook, pkt.data, self.clock())
             except Exception:
@@ -425,7 +459,9 @@ class Runtime:
                 queue.flush()
                 self._execute(pod, actions[1:])
         queue.flush()  # before offloading: these verdicts must meet the old ct state
-        self._settle(pod)
+        if settle:
+            self._settle(pod)
+        return len(batch)
 
     def _on_control(self, pod: Pod) -> None:
         while True:

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .interface import DataPlane
@@ -52,6 +52,25 @@ class _StatsCollector:
             c.add_metric([chain, str(rev), "success"], done)
             c.add_metric([chain, str(rev), "failed"], failed)
         yield c
+        r = CounterMetricFamily("dysco_agent_rejected",
+                                "Inputs the data plane refused (SYNs over a limit, "
+                                "malformed or unauthenticated input), by reason.",
+                                labels=["reason"])
+        for reason, n in sorted(self.agent.last_rejections.items()):
+            r.add_metric([reason], n)
+        yield r
+        h = CounterMetricFamily("dysco_agent_hop_failures",
+                                "Session ends reset because a hop of their path died, by "
+                                "how (detected here, or aborted by the other end).",
+                                labels=["how"])
+        for how, n in sorted(self.agent.last_hop_failures.items()):
+            h.add_metric([how], n)
+        yield h
+        g = GaugeMetricFamily("dysco_agent_limit", "Resource limits of each pod's agent.",
+                              labels=["name"])
+        for name, value in sorted(self.agent.limits.items()):
+            g.add_metric([name], value)
+        yield g
 
 
 class NodeAgent:
@@ -87,6 +106,9 @@ class NodeAgent:
         self.applied_revision: int | None = None
         self.last_sessions: Mapping[tuple[str, int], int] = {}
         self.last_reconfigs: Mapping[tuple[str, int], tuple[int, int]] = {}
+        self.last_rejections: Mapping[str, int] = {}
+        self.last_hop_failures: Mapping[str, int] = {}
+        self.limits = dict(dataplane.limits())
         self._last_status: dict[str, Any] | None = None
         self._last_status_time = 0.0
 
@@ -108,6 +130,11 @@ class NodeAgent:
                               ["result"], registry=self.registry)
         self.m_watch = Counter("dysco_agent_watch_restarts_total",
                                "Plan watch (re)starts.", registry=self.registry)
+        self.m_reconfig_seconds = Histogram(
+            "dysco_reconfiguration_duration_seconds",
+            "Time from the start of a session reconfiguration to its completion (left anchor).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry)
         self.registry.register(_StatsCollector(self))
 
     # ------------------------------------------------------------------ watcher thread
@@ -201,6 +228,10 @@ class NodeAgent:
         self.m_draining.set(len(self.reconciler.applied.draining))
         self.last_sessions = dict(self.dataplane.sessions())
         self.last_reconfigs = dict(self.dataplane.reconfigurations())
+        self.last_rejections = dict(self.dataplane.rejections())
+        self.last_hop_failures = dict(self.dataplane.hop_failures())
+        for seconds in self.dataplane.take_reconfiguration_durations():
+            self.m_reconfig_seconds.observe(seconds)
         if plan is not None and revision is not None:
             self._report(plan, revision)
 
@@ -223,6 +254,8 @@ class NodeAgent:
             "reconfigurations": [{"chain": c, "revision": r, "done": d, "failed": f}
                                  for (c, r), (d, f) in sorted(self.last_reconfigs.items())],
             "failures": [{"pod": k, "message": v} for k, v in sorted(failures.items())],
+            "rejected": dict(sorted(self.last_rejections.items())),
+            "hopFailures": dict(sorted(self.last_hop_failures.items())),
             "conditions": [{
                 "type": "Applied", "status": status, "reason": reason, "message": msg,
                 "observedGeneration": int(plan.get("metadata", {}).get("generation") or 0),

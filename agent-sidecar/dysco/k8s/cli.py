@@ -72,7 +72,10 @@ def load_dataplane(spec: str) -> DataPlane:
     except (ImportError, AttributeError) as e:
         raise SystemExit(f"dysco agent: cannot load data plane {spec!r}: {e} "
                          "(use --dataplane=record for a dry run)") from e
-    dp = factory()
+    try:
+        dp = factory()
+    except ValueError as e:  # e.g. a bad limit in the environment
+        raise SystemExit(f"dysco agent: data plane {spec!r}: {e}") from e
     if not isinstance(dp, DataPlane):
         raise SystemExit(f"dysco agent: {spec!r} did not return a DataPlane")
     return dp
@@ -96,8 +99,9 @@ def run_agent(args: argparse.Namespace) -> int:
         config.load_kube_config(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
     else:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
+    dataplane = _dataplane(args)
     agent = NodeAgent(
-        args.node_name, client.CustomObjectsApi(), _dataplane(args),
+        args.node_name, client.CustomObjectsApi(), dataplane,
         make_resolver(args.netns_resolver),
         agent_id=os.environ.get("POD_NAME", socket.gethostname()),
         status_interval=args.status_interval,
@@ -115,4 +119,6 @@ def run_agent(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.shutdown()
+        # SIGTERM (restart, rolling upgrade): the next agent on this node carries on
+        dataplane.suspend()
     return 0

@@ -64,6 +64,7 @@ class Applied:
     policies: dict[str, tuple[Policy, ...]] = field(default_factory=dict)
     chains: tuple[Chain, ...] = ()
     draining: dict[str, float] = field(default_factory=dict)
+    content_deltas: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 class Reconciler:
@@ -87,10 +88,14 @@ class Reconciler:
             self.applied.chains = chain_list
 
         desired: dict[str, tuple[PodRef, tuple[Policy, ...]]] = {}
+        deltas: dict[str, tuple[int, int]] = {}
         for p in spec.get("pods") or ():
             ref = PodRef(namespace=p["namespace"], name=p["name"], uid=p["uid"], ip=p["ip"],
                          container_ids=tuple(p.get("containerIDs") or ()))
             desired[ref.key] = (ref, parse_policies(p, chains))
+            if p.get("contentDelta"):
+                d = p["contentDelta"]
+                deltas[ref.key] = (int(d["leftToRight"]), int(d["rightToLeft"]))
 
         # Pods that were replaced (same name, new uid or IP) are detached first.
         for key, (uid, ip, _ns) in list(self.applied.pods.items()):
@@ -117,6 +122,10 @@ class Reconciler:
         for key, (_ref, policies) in desired.items():
             if key not in self.applied.pods:
                 continue
+            delta = deltas.get(key, (0, 0))
+            if self.applied.content_deltas.get(key, (0, 0)) != delta:
+                self.dataplane.set_content_delta(key, *delta)
+                self.applied.content_deltas[key] = delta
             if self.applied.policies.get(key, ()) != policies:
                 try:
                     self.dataplane.set_policies(key, policies)
@@ -150,3 +159,4 @@ class Reconciler:
             log.warning("detach %s failed: %s", key, e)
         self.applied.pods.pop(key, None)
         self.applied.policies.pop(key, None)
+        self.applied.content_deltas.pop(key, None)

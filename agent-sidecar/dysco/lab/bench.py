@@ -9,13 +9,16 @@ backend). `reconfiguration` times `dysco chain replace` orders for N idle sessio
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
+import tracemalloc
 from typing import Any
 
+from dysco.core import Action, Agent, AgentConfig, Hook, Hop, Policy, Verdict
+from dysco.core import commands as cmd
+from dysco.core.packet import ACK, SYN, TcpPacket, build
+from dysco.core.synlist import SynList
 from dysco.dataplane import netns
 
 from .agents import LabAgents
@@ -127,9 +130,9 @@ def measure_dysco(lab: Lab, hops: list[str], backend: str, *, seconds: float = 5
         for hop in hops:
             netns.sysctl(lab.pod(hop).name, {"net.ipv4.ip_forward": "1"})
         agents.set_chain("client", "server", hops, {IPERF_PORT, ECHO_PORT})
-        cpu0 = _cpu_s()
+        cpu0 = agents.usage()["cpu_s"]
         row = measure(lab, label, seconds=seconds, count=count)
-        cpu = _cpu_s() - cpu0
+        cpu = agents.usage()["cpu_s"] - cpu0
         notes = agents.notifications()
         stats = agents.stats()
         fast = [st["fastpath"] for st in stats.values() if "fastpath" in st]
@@ -152,23 +155,11 @@ def measure_dysco(lab: Lab, hops: list[str], backend: str, *, seconds: float = 5
         row["install_us_per_session"] = round(
             sum(f["install_s"] for f in fast) / offloaded * 1e6, 1)
         row["offloaded"] = offloaded
-    # the agents run in this process (one thread): its CPU time over the bytes moved
+    # the agent processes (one per node): their CPU time over the bytes moved
     moved_gb = (row["fwd_gbps"] + row["rev_gbps"]) * seconds / 8
     row["agent_cpu_s"] = round(cpu, 2)
     row["agent_cpu_s_per_gb"] = round(cpu / moved_gb, 2) if moved_gb else None
     return row
-
-
-def _cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def reconfiguration(lab: Lab, sessions: int, backend: str = "raw",
@@ -176,7 +167,7 @@ def reconfiguration(lab: Lab, sessions: int, backend: str = "raw",
     """Open `sessions` idle sessions client -> mb1 -> server, then order all of them
     replaced mb1 -> mb3 (`dysco chain replace`) and time order -> completion; check
     every session still echoes afterwards. Also the agents' CPU and memory per session
-    (this process's RSS growth while the sessions open)."""
+    (the agent processes' RSS growth while the sessions open)."""
 
 
     client, server = lab.pod("client"), lab.pod("server")
@@ -193,7 +184,7 @@ def reconfiguration(lab: Lab, sessions: int, backend: str = "raw",
             assert echo.stdout is not None
             if echo.stdout.readline().strip() != "READY":
                 raise RuntimeError("echo server did not start")
-            rss0, cpu0 = _rss_kib(), _cpu_s()
+            usage0 = agents.usage()
             hold = subprocess.Popen(netns.argv(client.name, [
                 sys.executable, "-m", "dysco.lab.pingpong", "hold", "--host", server.ip,
                 "--port", str(ECHO_PORT), "--count", str(sessions)]),
@@ -203,8 +194,9 @@ def reconfiguration(lab: Lab, sessions: int, backend: str = "raw",
             out["open_s"] = opened["seconds"]
             out["setup_per_s"] = round(sessions / opened["seconds"], 1)
             out["agent_cpu_us_per_session_setup"] = round(
-                (_cpu_s() - cpu0) / sessions * 1e6, 1)
-            out["agent_rss_kib_per_session"] = round((_rss_kib() - rss0) / sessions, 2)
+                (agents.usage()["cpu_s"] - usage0["cpu_s"]) / sessions * 1e6, 1)
+            out["agent_rss_kib_per_session"] = round(
+                (agents.usage()["rss_kib"] - usage0["rss_kib"]) / sessions, 2)
             answer = agents.order(Order(op="replace", middlebox="mb1", hops=("mb3",),
                                         wait=60.0))
             out["order"] = answer
@@ -220,6 +212,120 @@ def reconfiguration(lab: Lab, sessions: int, backend: str = "raw",
         finally:
             for proc in (hold, echo):
                 if proc is not None and proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    return out
+
+
+def _out(actions: list[Action]) -> TcpPacket:
+    verdict = actions[0]
+    assert isinstance(verdict, Verdict) and verdict.data is not None
+    return TcpPacket.parse(verdict.data)
+
+
+def core_memory(sessions: int) -> dict[str, int]:
+    """Python heap (tracemalloc) per established session of one core `Agent`, for a left
+    end and for a middlebox (two sides), with every timer a live session has."""
+    a, m, d = 0x0A000001, 0x0A000101, 0x0A000002
+    out = {}
+    for role in ("left", "middle"):
+        me = a if role == "left" else m
+        agent = Agent(AgentConfig(address=me, max_sessions=sessions + 1,
+                                  max_half_open=sessions + 1))
+        agent.command(cmd.SetPolicies((Policy("p", frozenset({d}), (Hop("fw", (m,)),)),)), 0)
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(sessions):
+            sport = 1024 + i
+            if role == "left":
+                wire = _out(agent.packet(Hook.OUTPUT, build(a, d, sport, 80, 1000, 0, SYN),
+                                         0.0))
+                agent.packet(Hook.INPUT, build(m, a, wire.dport, wire.sport, 5000, 1001,
+                                               SYN | ACK), 0.0)
+                continue
+            syn = build(a, m, 20000 + i % 20000, 40000 + i // 20000, 1000, 0, SYN,
+                        payload=SynList((a, d, sport, 80), (m, d)).encode())
+            agent.packet(Hook.INPUT, syn, 0.0)
+            wire = _out(agent.packet(Hook.OUTPUT, build(a, d, sport, 80, 1000, 0, SYN), 0.0))
+            agent.packet(Hook.INPUT, build(d, m, wire.dport, wire.sport, 5000, 1001,
+                                           SYN | ACK), 0.0)
+            agent.packet(Hook.OUTPUT, build(d, a, 80, sport, 5000, 1001, SYN | ACK), 0.0)
+            agent.packet(Hook.INPUT, build(a, m, 20000 + i % 20000, 40000 + i // 20000,
+                                           1001, 5001, ACK), 0.0)
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        assert len(agent.sessions) == sessions and agent.half_open == 0, agent.stats()
+        out[role] = round(grown / sessions)
+    return out
+
+
+LOAD_PORT = 5003  # the sessions `load` reconfigures (the others stay on ECHO_PORT)
+
+
+def _hold(ns: str, host: str, port: int, count: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(netns.argv(ns, [
+        sys.executable, "-m", "dysco.lab.pingpong", "hold", "--host", host,
+        "--port", str(port), "--count", str(count), "--parallel", "16"]),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def load(lab: Lab, sessions: int, reconfigure: int, backend: str = "raw") -> dict[str, Any]:
+    """`sessions` idle sessions client -> mb1 -> server open at once through the same
+    agents; memory per session (RSS growth of the node agent processes, and
+    the core alone by `core_memory`); then `reconfigure` of them (those on `LOAD_PORT`)
+    replaced mb1 -> mb3 by one order while the others stay; every session must echo
+    afterwards."""
+    client, server = lab.pod("client"), lab.pod("server")
+    out: dict[str, Any] = {"sessions": sessions, "reconfigured": reconfigure,
+                           "backend": backend}
+    # idle sessions must outlive the time it takes to open all of them
+    with LabAgents(lab, ["client", "server", "mb1", "mb3"], backend=backend,
+                   config={"idle_timeout": 3600.0}) as agents:
+        for hop in ("mb1", "mb3"):
+            netns.sysctl(lab.pod(hop).name, {"net.ipv4.ip_forward": "1"})
+        agents.set_chain("client", "server", ["mb1"], {ECHO_PORT, LOAD_PORT})
+        procs: list[subprocess.Popen[str]] = []
+        try:
+            for port in (ECHO_PORT, LOAD_PORT):
+                echo = subprocess.Popen(netns.argv(server.name, [
+                    sys.executable, "-m", "dysco.lab.pingpong", "server", "--host",
+                    server.ip, "--port", str(port)]), stdout=subprocess.PIPE, text=True)
+                procs.append(echo)
+                assert echo.stdout is not None
+                if echo.stdout.readline().strip() != "READY":
+                    raise RuntimeError("echo server did not start")
+            rss0, t0 = agents.usage()["rss_kib"], time.monotonic()
+            holds = []
+            for port, count in ((ECHO_PORT, sessions - reconfigure), (LOAD_PORT, reconfigure)):
+                hold = _hold(client.name, server.ip, port, count)
+                procs.append(hold)
+                assert hold.stdout is not None
+                json.loads(hold.stdout.readline())
+                holds.append(hold)
+            out["open_s"] = round(time.monotonic() - t0, 1)
+            out["agent_rss_kib_per_session"] = round(
+                (agents.usage()["rss_kib"] - rss0) / sessions, 2)
+            out["tables"] = agents.core_stats()
+            answer = agents.order(Order(op="replace", middlebox="mb1", hops=("mb3",),
+                                        port=LOAD_PORT, wait=120.0))
+            out["order"] = answer
+            echoed = []
+            for hold in holds:
+                assert hold.stdin is not None and hold.stdout is not None
+                hold.stdin.write("go\n")
+                hold.stdin.flush()
+                echoed.append(json.loads(hold.stdout.readline()))
+            out["echo_after"] = echoed
+            out["notifications"] = dict(agents.notifications())
+            out["rejected"] = agents.rejections()
+            out["tables_after"] = agents.core_stats()
+            out["core_bytes_per_session"] = core_memory(min(sessions, 2000))
+            out["ok"] = (bool(answer.get("ok")) and answer.get("done") == reconfigure
+                         and all(e["failed"] == 0 for e in echoed)
+                         and out["tables"]["mb1"]["sessions"] == sessions)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
                     proc.kill()
                     proc.wait()
     return out

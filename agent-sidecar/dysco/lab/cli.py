@@ -71,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
         print("dysco lab run: give --scenario NAME or --list", file=sys.stderr)
         return 2
     opts = scenarios.Options(bytes=args.bytes, sessions=args.sessions, timeout=args.timeout,
-                             backend=args.backend, rate=args.rate,
+                             backend=args.backend, rate=args.rate, loss=args.loss,
                              fastpath=args.fastpath)
     result = scenarios.run(args.scenario, _lab(args), opts)
     if args.json:
@@ -143,6 +143,8 @@ def add_lab_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     run.add_argument("--backend", choices=sorted(nfq.BACKENDS), default="raw",
                      help="NFQUEUE backend of the Dysco agents")
     add_fastpath_switch(run)
+    run.add_argument("--loss", type=float, default=0.2,
+                     help="control-loss: share of control datagrams dropped (0..1)")
     run.add_argument("--json", action="store_true", help="print the full result as JSON")
     run.set_defaults(func=_run)
 
@@ -151,6 +153,10 @@ def _bench(args: argparse.Namespace) -> int:
     lab = _lab(args)
     lab.up()
     load = Path("/proc/loadavg").read_text().split()[:3]
+    if args.load:
+        result = bench.load(lab, args.load, args.load_reconfigure, args.backends[0])
+        print(json.dumps({**result, "load_before": load}))
+        return 0 if result["ok"] else 1
     rows = [bench.measure(lab, "plain routing", seconds=args.seconds, count=args.count),
             bench.measure_conntrack(lab, ["client", "mb1", "mb3", "server"],
                                     seconds=args.seconds, count=args.count)]
@@ -202,6 +208,10 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
                    help="write goodput and latency bars here")
     p.add_argument("--reconfig-sessions", type=int, nargs="*", default=[1, 1000],
                    help="idle sessions replaced mb1 -> mb3 by one order (timed)")
+    p.add_argument("--load", type=int, default=0, metavar="N",
+                   help="instead: hold N idle sessions at once through the agents, report "
+                   "memory per session, replace --load-reconfigure of them by one order")
+    p.add_argument("--load-reconfigure", type=int, default=1000, metavar="M")
     p.set_defaults(func=_bench)
 
 

@@ -12,7 +12,11 @@ from dysco.dataplane import netns
 WATCHED = ("Tcp.OutRsts", "Tcp.InCsumErrors", "Tcp.AttemptFails", "Tcp.EstabResets",
            "TcpExt.TCPAbortOnData", "TcpExt.TCPAbortOnClose", "TcpExt.TCPAbortOnMemory",
            "TcpExt.TCPAbortOnTimeout", "TcpExt.TCPAbortOnLinger", "TcpExt.TCPAbortFailed",
-           "Tcp.RetransSegs", "IpExt.InTruncatedPkts")
+           "Tcp.RetransSegs", "IpExt.InTruncatedPkts",
+           # retransmission timeouts: what a stall > 2 s is made of (backed-off RTOs)
+           "TcpExt.TCPTimeouts", "TcpExt.TCPSpuriousRTOs",
+           # control datagrams an agent's socket had no room for
+           "Udp.RcvbufErrors")
 
 
 def read(ns: str | None) -> dict[str, int]:

@@ -66,19 +66,29 @@ def connects(host: str, port: int, count: int) -> dict[str, float]:
     return _summary(samples)
 
 
-def hold(host: str, port: int, count: int) -> int:
-    """Open `count` connections and echo one byte on each; print a JSON line; wait for a
+def hold(host: str, port: int, count: int, parallel: int = 1) -> int:
+    """Open `count` connections (`parallel` at a time) and echo one byte on each; print a
+    JSON line; wait for a
     line on stdin (the bench reconfigures them meanwhile); echo on each again and print
     how many still work. For timing reconfigurations of many idle sessions."""
-    socks = []
+    socks: list[socket.socket] = []
     t0 = time.perf_counter()
-    for _ in range(count):
-        s = socket.create_connection((host, port), timeout=10)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s.sendall(b"o")
-        if s.recv(1) != b"o":
-            raise ConnectionError("echo lost")
-        socks.append(s)
+
+    def open_some(n: int) -> None:
+        for _ in range(n):
+            s = socket.create_connection((host, port), timeout=30)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.sendall(b"o")
+            if s.recv(1) != b"o":
+                raise ConnectionError("echo lost")
+            socks.append(s)
+    workers = [threading.Thread(target=open_some, args=(count // parallel
+                                                         + (i < count % parallel),))
+               for i in range(parallel)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
     print(json.dumps({"open": len(socks), "seconds": round(time.perf_counter() - t0, 3)}),
           flush=True)
     sys.stdin.readline()
@@ -101,12 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host", default="0.0.0.0")
     ap.add_argument("--port", type=int, default=5002)
     ap.add_argument("--count", type=int, default=2000)
+    ap.add_argument("--parallel", type=int, default=1, help="hold: connections opened at once")
     a = ap.parse_args(argv)
     if a.mode == "server":
         serve(a.host, a.port)
         return 0
     if a.mode == "hold":
-        return hold(a.host, a.port, a.count)
+        return hold(a.host, a.port, a.count, a.parallel)
     probe = round_trips if a.mode == "rr" else connects
     json.dump(probe(a.host, a.port, a.count), sys.stdout)
     sys.stdout.write("\n")

@@ -7,12 +7,13 @@ or a checksum error while it ran.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -47,6 +48,7 @@ class Options:
     backend: str = "raw"       # NFQUEUE backend of the Dysco agents
     fastpath: bool = True      # end hosts offload steady sessions to conntrack
     rate: int = 0              # pace each direction of each session (bytes/s, 0: no)
+    loss: float = 0.2          # control-loss: share of control datagrams dropped
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,9 @@ def transfer(lab: Lab, client: str, server: str, opts: Options, *,
     for ns, d in deltas.items():
         failures += [f"{ns}: {k} +{v}" for k, v in d.items() if k in _RESET_COUNTERS]
     moved = 2 * opts.bytes * opts.sessions
+    errors = [r["error"] for r in client_doc["sessions"] + server_doc["sessions"]]
     return {"ok": not failures, "failures": failures, "client": client, "server": server,
+            "errors": errors,
             "bytes": opts.bytes, "sessions": opts.sessions, "seconds": round(seconds, 3),
             "goodput_mbps": round(moved * 8 / seconds / 1e6, 1),
             "connect_ms": client_doc.get("connect_ms", []),
@@ -177,7 +181,7 @@ RECONFIG_AFTER_PACKETS = 300
 Reconfig = Callable[[LabAgents, dict[str, Middlebox]], dict[str, Any]]
 
 
-def _link_packets(ns: str) -> int:
+def link_packets(ns: str) -> int:
     """Packets through a pod's links, counted by the kernel: how far a transfer got,
     whether the agent saw its packets (queue path) or not (fast path)."""
     links = json.loads(netns.run(ns, ["ip", "-j", "-s", "link", "show"]).stdout)
@@ -200,18 +204,22 @@ def _dysco(lab: Lab, opts: Options, *, hops: list[str], spare: tuple[str, ...] =
            content_delta: tuple[str, int, int] | None = None,
            must_see: tuple[str, ...] = (), expect_failure: bool = False,
            after_packets: int = RECONFIG_AFTER_PACKETS,
-           reconfigures: bool = True) -> dict[str, Any]:
+           reconfigures: bool = True, config: dict[str, float] | None = None,
+           expect_rejected: bool = False, retries_ok: bool = False) -> dict[str, Any]:
     """Client -> `hops` -> server with Dysco agents on all of them (and on `spare`
     middleboxes that a reconfiguration brings in). `boxes` turn pods into middleboxes;
     `reconfig` runs once the sessions are open and bytes flow; `must_see` are pods
     whose middlebox must have counted traffic. With `expect_failure` the
     reconfiguration must fail (and the sessions still complete on their old path); with
-    `reconfigures=False` the `reconfig` step is something else (an agent restart)."""
+    `reconfigures=False` the `reconfig` step is something else (an agent restart).
+    `config` overrides the agents' `AgentConfig` fields; with `expect_rejected` refused
+    inputs are the point (a flood) and the caller checks them; with `retries_ok` attempts
+    that were cancelled and retried are no failure (the caller checks the outcome)."""
     boxes = boxes or {}
     running: dict[str, Middlebox] = {}
     opened = 0
     agents = LabAgents(lab, ["client", "server", *hops, *spare], backend=opts.backend,
-                       fastpath=opts.fastpath)
+                       config=config, fastpath=opts.fastpath)
     if content_delta:
         short, l2r, r2l = content_delta
         agents.react(short, SessionOpened,
@@ -224,10 +232,10 @@ def _dysco(lab: Lab, opts: Options, *, hops: list[str], spare: tuple[str, ...] =
                 running[short].start()
             agents.set_chain("client", "server", hops, {opts.port})
 
-            base = _link_packets(lab.pod("client").name)
+            base = link_packets(lab.pod("client").name)
 
             def client_packets() -> int:
-                return _link_packets(lab.pod("client").name) - base
+                return link_packets(lab.pod("client").name) - base
 
             def during() -> None:
                 """Reconfigure sessions well under way; note how far they had got when
@@ -252,6 +260,7 @@ def _dysco(lab: Lab, opts: Options, *, hops: list[str], spare: tuple[str, ...] =
             opened = notes["SessionOpened"]
             result["agents"] = agents.stats()
             result["notifications"] = dict(notes)
+            result["rejected"] = agents.rejections()
         finally:
             counts = {short: box.stop() for short, box in running.items()}
     result["middleboxes"] = counts
@@ -278,7 +287,8 @@ def _dysco(lab: Lab, opts: Options, *, hops: list[str], spare: tuple[str, ...] =
             failures.append("the reconfiguration never completed")
         elif marks.get("at_done", final) >= final:
             failures.append(f"no packets after the reconfiguration: {result['client_packets']}")
-    if (notes["ReconfigFailed"] and not expect_failure) or notes["Rejected"]:
+    if (notes["ReconfigFailed"] and not (expect_failure or retries_ok)) or (
+            notes["Rejected"] and not expect_rejected):
         failures.append(f"agents reported {notes['ReconfigFailed']} failed reconfigurations "
                         f"and {notes['Rejected']} rejected inputs")
     for short in must_see:
@@ -433,8 +443,8 @@ def _remove_proxy(lab: Lab, opts: Options) -> dict[str, Any]:
 
 
 def _many(lab: Lab, opts: Options) -> dict[str, Any]:
-    """All sessions (run it with --sessions 200 --rate 8K) replaced mb1 -> mb3 by one
-    order."""
+    """All sessions (run it with --sessions 200 --bytes 16K --rate 2K) replaced
+    mb1 -> mb3 by one order while their bytes flow."""
     r = _dysco(lab, opts, hops=["mb1"], spare=("mb3",), boxes={"mb1": _fw, "mb3": _fw},
                reconfig=_order("replace", middlebox="mb1", hops=("mb3",)),
                must_see=("mb1", "mb3"), after_packets=RECONFIG_AFTER_PACKETS
@@ -446,26 +456,36 @@ def _many(lab: Lab, opts: Options) -> dict[str, Any]:
     return _expect_moves(r, ("mb1",), ("mb3",))
 
 
+@contextlib.contextmanager
+def _cut_off(lab: Lab, short: str) -> Iterator[Callable[[], None]]:
+    """A function that kills pod `short` as a dead pod looks from outside: its node drops
+    everything to and from it. The drop rules are removed when the block ends."""
+    pod = lab.pod(short)
+    node = lab.node_ns(pod.node)
+    ipt = detect_variant().binary()
+    rules = [["FORWARD", "-d", pod.ip, "-j", "DROP"], ["FORWARD", "-s", pod.ip, "-j", "DROP"]]
+
+    def kill() -> None:
+        for rule in rules:
+            netns.run(node, [ipt, "-w", "-I", *rule])
+    try:
+        yield kill
+    finally:
+        for rule in rules:
+            while netns.run(node, [ipt, "-w", "-D", *rule], check=False).returncode == 0:
+                continue
+
+
 def _kill_new(lab: Lab, opts: Options) -> dict[str, Any]:
     """Insert mb2 and kill it as the order is given (its node drops everything to and
     from it, as for a dead pod): the new path's SYN gets no answer, the core cancels
     after its retries and the sessions finish on the direct path."""
-    pod = lab.pod("mb2")
-    node = lab.node_ns(pod.node)
-    ipt = detect_variant().binary()
-    kill = [["FORWARD", "-d", pod.ip, "-j", "DROP"], ["FORWARD", "-s", pod.ip, "-j", "DROP"]]
-
-    def go(agents: LabAgents, boxes: dict[str, Middlebox]) -> dict[str, Any]:
-        for rule in kill:
-            netns.run(node, [ipt, "-w", "-I", *rule])
-        return agents.order(Order(op="insert", at="client", hops=("mb2",), wait=20.0))
-    try:
+    with _cut_off(lab, "mb2") as kill:
+        def go(agents: LabAgents, boxes: dict[str, Middlebox]) -> dict[str, Any]:
+            kill()
+            return agents.order(Order(op="insert", at="client", hops=("mb2",), wait=20.0))
         r = _dysco(lab, opts, hops=[], spare=("mb2",), boxes={"mb2": _fw}, reconfig=go,
                    expect_failure=True)
-    finally:
-        for rule in kill:
-            while netns.run(node, [ipt, "-w", "-D", *rule], check=False).returncode == 0:
-                pass
     if _saw(r["middleboxes"].get("mb2", {})):
         r["failures"].append(f"the dead mb2 forwarded traffic: {r['middleboxes']['mb2']}")
         r["ok"] = False
@@ -485,6 +505,125 @@ def _restart(lab: Lab, opts: Options) -> dict[str, Any]:
     after = r["agents"]["mb1"]["packets"]
     if after == 0:
         r["failures"].append("the restored mb1 agent handled no packets")
+    r["ok"] = not r["failures"]
+    return r
+
+
+def _dropped_by(ns: str, ipt: str, chain: str, marker: str) -> int:
+    """Packets dropped by our rule(s) containing `marker` in `chain` of the filter table."""
+    out = netns.run(ns, [ipt, "-w", "-L", chain, "-v", "-x", "-n"]).stdout
+    return sum(int(line.split()[0]) for line in out.splitlines() if marker in line)
+
+
+def _control_loss(lab: Lab, opts: Options) -> dict[str, Any]:
+    """Replace mb1 -> mb3 while every agent pod drops `opts.loss` of the control
+    datagrams that reach it (iptables statistic in INPUT, as if the network lost them):
+    retransmissions, cancels and retries must finish every session's reconfiguration,
+    or give up cleanly on the old path."""
+    ipt = detect_variant().binary()
+    names = [lab.pod(p).name for p in ("client", "server", "mb1", "mb3")]
+    rule = ["INPUT", "-p", "udp", "--dport", "2016", "-m", "statistic", "--mode",
+            "random", "--probability", str(opts.loss), "-j", "DROP"]
+    for ns in names:
+        netns.run(ns, [ipt, "-w", "-I", *rule])
+    try:
+        r = _dysco(lab, opts, hops=["mb1"], spare=("mb3",), boxes={"mb1": _fw, "mb3": _fw},
+                   reconfig=_order("replace", middlebox="mb1", hops=("mb3",)),
+                   reconfigures=False, retries_ok=True, must_see=("mb1",))
+        r["control_dropped"] = sum(_dropped_by(ns, ipt, "INPUT", "statistic")
+                                   for ns in names)
+    finally:
+        for ns in names:
+            netns.run(ns, [ipt, "-w", "-D", *rule], check=False)
+    answer = r.get("order") or {}
+    if answer.get("done", 0) + answer.get("failed", 0) != opts.sessions:
+        r["failures"].append(f"not every reconfiguration completed or gave up: {answer}")
+    if not r["control_dropped"]:
+        r["failures"].append("no control datagram was dropped")
+    r["ok"] = not r["failures"]
+    return r
+
+
+DEAD_HOP_TIMEOUT = 3.0  # the lab agents' hop_timeout in the dead-middlebox scenario
+
+
+def _dead_middlebox(lab: Lab, opts: Options) -> dict[str, Any]:
+    """mb1 dies mid-transfer (its node drops everything to and from it): both ends'
+    agents see no acks for `DEAD_HOP_TIMEOUT` s and reset the sessions at both ends
+    (RST to the apps, ABORT to the other end), long before the sockets would time out."""
+    start = time.monotonic()
+    with _cut_off(lab, "mb1") as kill:
+        def go(agents: LabAgents, boxes: dict[str, Middlebox]) -> dict[str, Any]:
+            kill()
+            return {"killed_at": time.monotonic()}
+        r = _dysco(lab, opts, hops=["mb1"], boxes={"mb1": _fw}, reconfig=go,
+                   reconfigures=False, config={"hop_timeout": DEAD_HOP_TIMEOUT})
+    # resets are the point here: judge by what each end saw, not by the usual checks
+    failures = [f for f in r["failures"] if f.startswith("middlebox") or "opened" in f]
+    if "at_start" not in (r.get("client_packets") or {}):
+        failures.append("the transfer ended before mb1 was killed")
+    if r["errors"] != ["ECONNRESET"] * (2 * opts.sessions):
+        failures.append(f"not every end was reset: {r['errors']}")
+    failed = r["notifications"].get("HopFailed", 0)
+    if failed != 2 * opts.sessions:
+        failures.append(f"{failed} session ends reported a dead hop, not {2 * opts.sessions}")
+    killed = (r.get("order") or {}).get("killed_at", start)
+    r["reset_after_s"] = round(start + r["seconds"] - killed, 3)
+    if r["reset_after_s"] > DEAD_HOP_TIMEOUT + 5:
+        failures.append(f"the ends were reset {r['reset_after_s']} s after the kill")
+    r["failures"] = failures
+    r["ok"] = not failures
+    return r
+
+
+FLOOD_LIMITS = {"max_half_open": 100, "handshake_timeout": 60.0, "control_rate": 1000.0,
+                "control_burst": 200}
+FLOOD_PORT = 5002  # the server drops it: flood SYNs get no answer (so no RST either)
+
+
+def _flood(ns: str, kind: str, src: str, dst: str, port: int, count: int,
+           rate: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(netns.argv(ns, [
+        sys.executable, "-m", "dysco.lab.flood", kind, "--src", src, "--dst", dst,
+        "--port", str(port), "--count", str(count), "--rate", str(rate)]),
+        stdout=subprocess.PIPE, text=True)
+
+
+def _syn_flood(lab: Lab, opts: Options) -> dict[str, Any]:
+    """While sessions client -> mb1 -> server move bytes, the client pod floods SYNs to
+    a chained port, a hostile pod (mb2, no agent) floods the server with forged SYN lists
+    and the client's agent with unauthenticated control messages. The agents' tables stay
+    within `FLOOD_LIMITS`, refusals are counted by reason, the sessions are untouched."""
+    client, server, mb2 = lab.pod("client"), lab.pod("server"), lab.pod("mb2")
+    ipt = detect_variant().binary()
+    closed = ["INPUT", "-p", "tcp", "--dport", str(FLOOD_PORT), "-j", "DROP"]
+    count, rate = 1000, 500  # per flood; the control flood sends 4x as many, 4x as fast
+
+    def go(agents: LabAgents, boxes: dict[str, Middlebox]) -> dict[str, Any]:
+        agents.set_chain("client", "server", ["mb1"], {opts.port, FLOOD_PORT})
+        floods = [
+            _flood(client.name, "syn", client.ip, server.ip, FLOOD_PORT, count, rate),
+            _flood(mb2.name, "synlist", mb2.ip, server.ip, FLOOD_PORT, count, rate),
+            _flood(mb2.name, "control", mb2.ip, client.ip, 2016, 4 * count, 4 * rate),
+        ]
+        sent = [json.loads(f.communicate(timeout=60)[0] or "{}") for f in floods]
+        return {"floods": sent, "tables": agents.core_stats()}
+    netns.run(server.name, [ipt, "-w", "-I", *closed])
+    try:
+        r = _dysco(lab, opts, hops=["mb1"], boxes={"mb1": _fw}, reconfig=go,
+                   reconfigures=False, config=FLOOD_LIMITS, expect_rejected=True,
+                   must_see=("mb1",))
+    finally:
+        netns.run(server.name, [ipt, "-w", "-D", *closed], check=False)
+    tables = (r.get("order") or {}).get("tables", {})
+    for short, t in tables.items():
+        if t["half_open"] > FLOOD_LIMITS["max_half_open"]:
+            r["failures"].append(f"{short}: {t['half_open']} half-open sessions")
+    rejected = r["rejected"]
+    for short, reason in (("client", "half_open_full"), ("server", "half_open_full"),
+                          ("client", "rate_limited")):
+        if not rejected.get(short, {}).get(reason):
+            r["failures"].append(f"{short} refused nothing for {reason}: {rejected}")
     r["ok"] = not r["failures"]
     return r
 
@@ -517,11 +656,17 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("remove-proxy", "the TCP-terminating proxy (mb1) splices itself out",
                  _remove_proxy),
         Scenario("many", "all sessions replaced mb1 -> mb3 by one order (use "
-                 "--sessions 200)", _many),
+                 "--sessions 200 --bytes 16K --rate 2K)", _many),
         Scenario("kill-new", "insertion of a dead middlebox (mb2) fails; sessions finish "
                  "on the old path", _kill_new),
         Scenario("restart", "mb1's agent restarts mid-transfer (snapshot/restore)",
                  _restart),
+        Scenario("dead-middlebox", "mb1 dies mid-transfer: both ends detect it and reset "
+                 "the sessions (hop_timeout 3 s)", _dead_middlebox),
+        Scenario("control-loss", "replace mb1 -> mb3 while --loss of the control "
+                 "datagrams are dropped (default 0.2)", _control_loss),
+        Scenario("syn-flood", "SYN, forged SYN-list and control floods during a transfer: "
+                 "tables stay within limits, sessions untouched", _syn_flood),
     ]
 }
 

@@ -42,27 +42,32 @@ class SessionResult:
     sha_received: str = ""
     seconds: float = 0.0
     max_gap_s: float = 0.0   # longest time a direction made no progress
+    max_gap_end: float = 0.0  # when it ended: time.monotonic(), which every namespace
+                              # of the host shares, so it lines up with agent traces
     stalled: bool = False
     error: str | None = None
     prefix: str = ""         # hex of the `skip` bytes a middlebox put before the stream
 
 
-class _Progress:
+class Progress:
     """Last time each direction moved, for the stall detector."""
 
     def __init__(self) -> None:
         self.last = time.monotonic()
         self.max_gap = 0.0
+        self.max_gap_end = 0.0
         self.lock = threading.Lock()
 
     def tick(self) -> None:
         now = time.monotonic()
         with self.lock:
-            self.max_gap = max(self.max_gap, now - self.last)
+            if now - self.last > self.max_gap:
+                self.max_gap = now - self.last
+                self.max_gap_end = now
             self.last = now
 
 
-def _error_name(exc: OSError) -> str:
+def error_name(exc: OSError) -> str:
     if isinstance(exc, ConnectionResetError):
         return "ECONNRESET"
     if isinstance(exc, TimeoutError | socket.timeout):
@@ -70,8 +75,8 @@ def _error_name(exc: OSError) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _send(sock: socket.socket, token: bytes, nbytes: int, lead: bytes,
-          res: SessionResult, prog: _Progress, rate: int = 0) -> None:
+def send_stream(sock: socket.socket, token: bytes, nbytes: int, lead: bytes,
+                res: SessionResult, prog: Progress, rate: int = 0) -> None:
     """Send `nbytes`; `rate` > 0 paces the sending to that many bytes per second."""
     sha = hashlib.sha256()
     chunk_max = _CHUNK if rate <= 0 else max(1024, min(_CHUNK, rate // 20))
@@ -97,12 +102,12 @@ def _send(sock: socket.socket, token: bytes, nbytes: int, lead: bytes,
             prog.tick()
         sock.shutdown(socket.SHUT_WR)
     except OSError as exc:
-        res.error = res.error or _error_name(exc)
+        res.error = res.error or error_name(exc)
     res.sha_sent = sha.hexdigest()
 
 
-def _receive(sock: socket.socket, res: SessionResult, prog: _Progress,
-             first: bytes = b"") -> None:
+def receive_stream(sock: socket.socket, res: SessionResult, prog: Progress,
+                   first: bytes = b"") -> None:
     sha = hashlib.sha256(first)
     res.received = len(first)
     buf = bytearray(_CHUNK)
@@ -115,12 +120,13 @@ def _receive(sock: socket.socket, res: SessionResult, prog: _Progress,
             res.received += n
             prog.tick()
     except OSError as exc:
-        res.error = res.error or _error_name(exc)
+        res.error = res.error or error_name(exc)
     res.sha_received = sha.hexdigest()
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
+def recv_exact(sock: socket.socket, n: int, first: bytes = b"") -> bytes:
+    """At least `n` bytes: `first` and what it takes to complete them."""
+    data = first
     while len(data) < n:
         part = sock.recv(n - len(data))
         if not part:
@@ -139,33 +145,35 @@ def exchange(sock: socket.socket, nbytes: int, *, is_client: bool, timeout: floa
                         peer="{}:{}".format(*sock.getpeername()))
     sock.settimeout(timeout)
     start = time.monotonic()
-    prog = [_Progress(), _Progress()]
+    prog = [Progress(), Progress()]
     first = b""
     sender: threading.Thread | None = None
     try:
         if is_client:
             token = random.randbytes(TOKEN_LEN)
-            sender = threading.Thread(target=_send,
+            sender = threading.Thread(target=send_stream,
                                       args=(sock, token, nbytes, token, res, prog[0],
                                             rate))
             sender.start()
-            res.prefix = _recv_exact(sock, skip).hex()
+            res.prefix = recv_exact(sock, skip).hex()
         else:
-            res.prefix = _recv_exact(sock, skip).hex()
-            token = first = _recv_exact(sock, TOKEN_LEN)
-            sender = threading.Thread(target=_send,
+            res.prefix = recv_exact(sock, skip).hex()
+            token = first = recv_exact(sock, TOKEN_LEN)
+            sender = threading.Thread(target=send_stream,
                                       args=(sock, token, nbytes, b"", res, prog[0], rate))
             sender.start()
         res.token = token.hex()
-        _receive(sock, res, prog[1], first)
+        receive_stream(sock, res, prog[1], first)
     except OSError as exc:
-        res.error = _error_name(exc)
+        res.error = error_name(exc)
     finally:
         if sender is not None:
             sender.join()
         sock.close()
     res.seconds = round(time.monotonic() - start, 4)
-    res.max_gap_s = round(max(p.max_gap for p in prog), 3)
+    worst = max(prog, key=lambda p: p.max_gap)
+    res.max_gap_s = round(worst.max_gap, 3)
+    res.max_gap_end = round(worst.max_gap_end, 3)
     res.stalled = res.max_gap_s > STALL_S
     return res
 
@@ -199,7 +207,7 @@ def serve(bind: str, port: int, sessions: int, nbytes: int, timeout: float,
     except OSError as exc:
         for s in socks:
             s.close()
-        return {"role": "server", "error": _error_name(exc), "sessions": []}
+        return {"role": "server", "error": error_name(exc), "sessions": []}
     finally:
         listener.close()
     results = _run_sessions(socks, nbytes, False, timeout, skip, rate)
@@ -218,7 +226,7 @@ def connect(host: str, port: int, sessions: int, nbytes: int, timeout: float,
     except OSError as exc:
         for s in socks:
             s.close()
-        return {"role": "client", "error": _error_name(exc), "sessions": []}
+        return {"role": "client", "error": error_name(exc), "sessions": []}
     results = _run_sessions(socks, nbytes, True, timeout, skip, rate)
     return {"role": "client", "error": None, "connect_ms": connect_ms,
             "sessions": [asdict(r) for r in results]}

@@ -1,0 +1,1 @@
+"""`make demo`: live middlebox insertion, replacement, drain and removal on a cluster."""
