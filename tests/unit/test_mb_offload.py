@@ -141,3 +141,28 @@ def test_fins_hand_back_and_the_end_is_reported() -> None:
     # both FINs went through: handed back (and the session is gone in the end)
     assert offload.mb_handback(m1, [o.sid]) == [o.sid]
     assert o.sid not in m1.sessions
+
+
+def test_a_new_connection_on_an_ended_sessions_tuple_replaces_it_at_a_middlebox() -> None:
+    """The ends forgot a closed session (their fast path ended it) while the middlebox
+    still lingers on it; the app reuses the tuple: the middlebox takes the new SYN list
+    (it used to reject it as duplicate_session and the connect() timed out)."""
+    world = _chain((M1,), size=20_000)
+    world.engine.run(5)
+    m1 = _agent(world, "M1")
+    (old,) = m1.sessions.values()
+    assert old.closing_at is not None  # done, lingering
+    for name in ("A", "D"):
+        agent = _agent(world, name)
+        for sid in list(agent.sessions):
+            offload.set_offloaded(agent, sid, True, world.engine.now)
+            offload.ended(agent, sid, "kernel", world.engine.now)
+        assert not agent.sessions
+    hosts = world.hosts
+    server = Endpoint(world, hosts["D"], b"S" * 5000, b"C" * 5000, 500, 0.002)
+    client = Endpoint(world, hosts["A"], b"C" * 5000, b"S" * 5000, 500, 0.002,
+                      connect_to=SESSION)
+    world.engine.run(3)  # well before the old session's linger ends (10 s here)
+    assert old.closing_at is not None and old.closing_at > world.engine.now
+    assert client.finished() and server.finished() and not world.violations
+    assert old.sid not in m1.sessions

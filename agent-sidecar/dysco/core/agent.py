@@ -203,7 +203,14 @@ class Agent(Reconfigurer, HopWatch):
         if sl.hops[0] != self.address:
             raise RemoteError(f"SYN list names {sl.hops[0]:#x}, not us", "misrouted_syn")
         t = sl.session
-        if t in self.pending or reverse(t) in self.by_out:
+        old = self.by_out.get(reverse(t))
+        if old is not None and old.session.closing_at is not None and t not in self.pending:
+            # The app reused the tuple of a session that ended here and only lingers to
+            # absorb late packets (its ends may have forgotten it already: a kernel fast
+            # path ends sessions at TIME_WAIT): the new connection replaces it.
+            self._free_session(old.session, old.session.close_how)
+            old = None
+        if t in self.pending or old is not None:
             raise RemoteError("SYN list for a session we already carry", "duplicate_session")
         rest = sl.hops[1:]
         s = self._new_session("middle" if rest else "right", "", sl.revision)
