@@ -18,10 +18,10 @@ from dysco.middleboxes import Middlebox
 
 LIVE = ["insert", "insert-2", "insert-mb", "remove", "replace", "replace-stateful",
         "remove-proxy"]
-# middleboxes of each live scenario (all of them offload their sessions when steady)
-LIVE_BOXES = {"insert": ("mb1",), "insert-2": ("mb1", "mb3"), "insert-mb": ("mb1", "mb3"),
-              "remove": ("mb1",), "replace": ("mb1", "mb3"), "replace-stateful": ("mb1", "mb3"),
-              "remove-proxy": ("mb1",)}
+# middleboxes on each live scenario's first path: they offload their sessions when
+# steady (a middlebox a new path brings in stays on the queue path, dataplane.md)
+LIVE_BOXES = {"insert": (), "insert-2": (), "insert-mb": ("mb1",), "remove": ("mb1",),
+              "replace": ("mb1",), "replace-stateful": ("mb1",), "remove-proxy": ("mb1",)}
 # every data-plane scenario runs with the kernel fast path (default) and without it
 PATHS = pytest.mark.parametrize("fastpath", [True, False], ids=["fast", "queue"])
 
@@ -73,7 +73,7 @@ def test_live_reconfiguration(lab: Lab, name: str, fastpath: bool) -> None:
         # its sessions back (then re-offloads with the new path, if zero offsets)
         boxes = {short: result["agents"][short]["mbfast"] for short in LIVE_BOXES[name]}
         assert all(b["failed"] == 0 and b["sessions"] == 0 for b in boxes.values()), boxes
-        assert sum(b["offloaded"] for b in boxes.values()) >= 2, boxes
+        assert all(b["offloaded"] >= 2 for b in boxes.values()), boxes
         if name == "insert-mb":
             assert boxes["mb1"]["returned"] >= 2 and boxes["mb1"]["offloaded"] >= 2, boxes
 
@@ -88,7 +88,8 @@ def test_stateful_replace_needs_the_state() -> None:
     def go(agents: LabAgents, boxes: dict[str, Middlebox]) -> dict[str, Any]:
         return agents.order(Order(op="replace", middlebox="mb1", hops=("mb3",), wait=5))
     lab = Lab(prefix=f"{PREFIX}ctl-")
-    opts = scenarios.Options(bytes=16 << 20, sessions=1, timeout=4)
+    # paced: on the fast path an unpaced transfer ends before the switch
+    opts = scenarios.Options(bytes=16 << 20, sessions=1, timeout=4, rate=4 << 20)
     try:
         lab.up()
         result = _dysco(lab, opts, hops=["mb1"], spare=("mb3",),

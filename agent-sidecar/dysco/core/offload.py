@@ -83,11 +83,8 @@ def _mb_side_steady(side: Side, keeping: bool, blind: bool) -> bool:
         side.phase is Phase.ONE_PATH and side.rc is None and side.new is None
         and side.retry is None and p.snd_off == 0 and p.rcv_off == 0
         and side.rcv_max is not None and (leftward_unseen or side.snd_max is not None)
-        # past the handshake (the third ACK went through the core), unless the session
-        # joined mid-stream through a new path: then traffic both ways is enough
-        and (side.session.inserted
-             or (side.snd_acked is not None
-                 and (leftward_unseen or side.rcv_acked is not None)))
+        # past the handshake (the third ACK went through the core)
+        and side.snd_acked is not None and (leftward_unseen or side.rcv_acked is not None)
         # The core must see the acks that close the session: an offloaded one is kept
         # until both FINs passed (until the first if the core cannot see both), and a
         # session is not offloaded at all after a FIN.
@@ -101,6 +98,11 @@ def mb_steady(s: Session, keeping: bool = False) -> bool:
     anchor of a reconfiguration, not being removed, not torn down. Locks it merely
     forwards (a reconfiguration between other anchors) need no per-packet work."""
     if s.left is None or s.right is None or len(s.sides) != 2:
+        return False
+    if s.inserted:
+        # Joined mid-stream through a new path: offloading it during the anchors'
+        # two-path phase left reconfigurations unfinished (bulk idle replaces, binding
+        # insert; cause not found), so such a session stays on the queue path.
         return False
     blind = _blind(s)
     return (
