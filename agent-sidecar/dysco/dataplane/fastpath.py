@@ -60,6 +60,7 @@ SET_IN = "sessions_in"
 SET_OUT = "sessions_out"
 _GEN_MASK = 0x3FFFF  # generation bits of the ct mark (below the skip bit)
 _ENOENT = 2
+_EEXIST = 17
 PROBE_AGAIN = 0.6
 Tuple4 = tuple[int, int, int, int]
 
@@ -349,15 +350,18 @@ class FastPath:
             entries.append(conntrack.Entry(
                 o.local_out, o.sub_out, o.snd_off, o.rcv_off, self.mark | self._gen,
                 int(self.agent.config.idle_timeout)))
-        # Any entry conntrack made for the session's own tuples goes first (a packet
-        # of it that was queued before the table existed, tracked after its verdict):
-        # the new entry would clash with it.
-        requests = []
-        for e in entries:
-            requests += [functools.partial(conntrack.delete_message, e.orig),
-                         functools.partial(conntrack.delete_message, _rev(e.orig)),
-                         functools.partial(conntrack.new_message, e)]
-        errs = self.ct.transact(requests)[2::3]
+        errs = self.ct.transact([functools.partial(conntrack.new_message, e) for e in entries])
+        # An entry conntrack made for the session's own tuples (a packet of it queued
+        # before the table existed, tracked after its verdict) clashes: it goes, and
+        # the install is tried once more.
+        clash = [i for i, err in enumerate(errs) if err == _EEXIST]
+        if clash:
+            self.ct.transact([functools.partial(conntrack.delete_message, t)
+                              for i in clash for t in (entries[i].orig, _rev(entries[i].orig))])
+            again = self.ct.transact([functools.partial(conntrack.new_message, entries[i])
+                                      for i in clash])
+            for i, err in zip(clash, again, strict=True):
+                errs[i] = err
         # NAT keeps tuples unique: where the wanted ports clash with another entry's
         # (an app's ephemeral port equal to a subsession port), the kernel picks other
         # ports instead of failing. Such an entry would rewrite wrongly: look each up by
