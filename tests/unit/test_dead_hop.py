@@ -3,7 +3,7 @@ reset their apps and forget the session, instead of leaving it hanging."""
 
 from __future__ import annotations
 
-from dysco.core import Hop, Policy
+from dysco.core import Hop, Policy, offload
 from dysco.core import commands as cmd
 from dysco.core import control as ctl
 from dysco.core.auth import Authenticator
@@ -116,3 +116,46 @@ def test_a_closing_end_is_not_watched() -> None:
     hosts["M1"].down = True  # dies before the FINs are acked
     world.engine.run(world.engine.now + 30)
     assert not [e for e in events if isinstance(e, HopFailed)]
+
+
+def test_an_offloaded_session_is_not_watched_until_handed_back() -> None:
+    """While a kernel fast path carries a session its core sees no acks: no HopFailed
+    however long the silence; handed back, the watch works again."""
+    world, _client, _server, events = setup((M1,))
+    world.engine.run(0.2)
+    ends = [world.hosts[n].agent for n in ("A", "D")]
+    for agent in ends:
+        (s,) = agent.sessions.values()
+        offload.set_offloaded(agent, s.sid, True, world.engine.now)
+    world.hosts["M1"].down = True  # no ack reaches either core from now on
+    world.engine.run(0.2 + 15 + 10)
+    assert not [e for e in events if isinstance(e, HopFailed)]
+    assert all(agent.sessions for agent in ends)
+    for agent in ends:
+        (s,) = agent.sessions.values()
+        offload.set_offloaded(agent, s.sid, False, world.engine.now)
+    world.engine.run(world.engine.now + 15 + 30)
+    assert [e for e in events if isinstance(e, HopFailed)]
+
+
+def test_a_stall_the_driver_saw_while_offloaded_is_a_dead_hop() -> None:
+    """The driver read the socket of an offloaded session (no ack for a while) and
+    hands it back with the time the stall began: reset at `since + hop_timeout`."""
+    world, _client, _server, events = setup((M1,))
+    world.engine.run(0.2)
+    for name in ("A", "D"):
+        agent = world.hosts[name].agent
+        (s,) = agent.sessions.values()
+        offload.set_offloaded(agent, s.sid, True, world.engine.now)
+    world.hosts["M1"].down = True
+    world.engine.run(5.0)
+    a = world.hosts["A"].agent
+    (s,) = a.sessions.values()
+    since = world.engine.now - 4.0
+    world.hosts["A"]._run(offload.stalled(a, s.sid, since, world.engine.now), None)
+    assert not s.offloaded
+    world.engine.run(since + 15 - 0.5)
+    assert not [e for e in events if isinstance(e, HopFailed)]
+    world.engine.run(since + 15 + 3)
+    failed = [e for e in events if isinstance(e, HopFailed)]
+    assert len(failed) == 2 and {e.how for e in failed} == {"detected", "aborted"}, failed

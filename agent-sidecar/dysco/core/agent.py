@@ -203,7 +203,14 @@ class Agent(Reconfigurer, HopWatch):
         if sl.hops[0] != self.address:
             raise RemoteError(f"SYN list names {sl.hops[0]:#x}, not us", "misrouted_syn")
         t = sl.session
-        if t in self.pending or reverse(t) in self.by_out:
+        old = self.by_out.get(reverse(t))
+        if old is not None and old.session.closing_at is not None and t not in self.pending:
+            # The app reused the tuple of a session that ended here and only lingers to
+            # absorb late packets (its ends may have forgotten it already: a kernel fast
+            # path ends sessions at TIME_WAIT): the new connection replaces it.
+            self._free_session(old.session, old.session.close_how)
+            old = None
+        if t in self.pending or old is not None:
             raise RemoteError("SYN list for a session we already carry", "duplicate_session")
         rest = sl.hops[1:]
         s = self._new_session("middle" if rest else "right", "", sl.revision)
@@ -370,7 +377,29 @@ class Agent(Reconfigurer, HopWatch):
             "reconfigurations": len(self.by_rid),
             "tombstones": len(self.tombstones),
             "timers": len(self._timers),
+            "offloaded": sum(s.offloaded for s in self.sessions.values()),
         }
+
+    def forget(self, sid: int, how: str, now: float) -> list[Action]:
+        """Free an offloaded session whose end only the driver saw (core/offload.py)."""
+        self._begin(now)
+        s = self.sessions.get(sid)
+        if s is not None and s.offloaded:
+            self._free_session(s, how)
+        return self._end()
+
+    def stalled(self, sid: int, since: float, now: float) -> list[Action]:
+        """A driver handed back an offloaded session whose end has had unacknowledged
+        data and no ack since `since` (it read its socket): the dead-hop watch
+        (failure.py) carries on from then, as if the core had seen it."""
+        self._begin(now)
+        s = self.sessions.get(sid)
+        if s is not None and not s.offloaded and len(s.sides) == 1:
+            side = s.sides[0]
+            side.stall_since = since
+            if not side.stall_armed:
+                self._arm_stall(side, max(now, since + self.config.hop_timeout))
+        return self._end()
 
     def session_of(self, t: Tuple4) -> Session | None:
         side = self.by_out.get(t) or self.by_out.get(reverse(t))

@@ -173,7 +173,7 @@ class AgentBase:
     def _idle_check(self, s: Session, now: float) -> None:
         if s.sid not in self.sessions:
             return
-        if now - s.last_activity >= self.config.idle_timeout:
+        if not s.offloaded and now - s.last_activity >= self.config.idle_timeout:
             self._free_session(s, "idle")
         else:
             self._watch_idle(s)

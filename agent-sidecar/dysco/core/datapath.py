@@ -45,10 +45,16 @@ def track_out(side: Side, pkt: TcpPacket, syn: bool) -> None:
     if n:
         end = (s + n) & seq.MASK
         side.snd_max = end if side.snd_max is None else seq.max_(side.snd_max, end)
+    elif side.snd_max is not None and seq.lt(side.snd_max, s):
+        side.snd_max = s  # a bare ack carries the sender's next sequence number
     if flags & FIN:
         side.fin_out = (s + plen + (1 if syn else 0)) & seq.MASK
     if flags & ACK:
         side.rcv_acked = a if side.rcv_acked is None else seq.max_(side.rcv_acked, a)
+        # Nobody acks data it has not received: after a stretch the core did not see
+        # (a kernel fast path), the first ack restores the bound the cutoffs rely on.
+        if side.rcv_max is not None and seq.lt(side.rcv_max, a):
+            side.rcv_max = a
 
 
 def track_in(side: Side, pkt: TcpPacket, syn: bool) -> None:
@@ -60,10 +66,16 @@ def track_in(side: Side, pkt: TcpPacket, syn: bool) -> None:
     if n:
         end = (s + n) & seq.MASK
         side.rcv_max = end if side.rcv_max is None else seq.max_(side.rcv_max, end)
+    elif side.rcv_max is not None and seq.lt(side.rcv_max, s) and not flags & RST:
+        # a bare ack carries the sender's next sequence number (a middlebox relearns
+        # the stream this way after a stretch on a kernel fast path)
+        side.rcv_max = s
     if flags & FIN:
         side.fin_in = (s + plen + (1 if syn else 0)) & seq.MASK
     if flags & ACK:
         side.snd_acked = a if side.snd_acked is None else seq.max_(side.snd_acked, a)
+        if side.snd_max is not None and seq.lt(side.snd_max, a):
+            side.snd_max = a  # likewise: the peer acks only what we sent
 
 
 def clip_sack(blocks: list[tuple[int, int]], limit: int) -> list[tuple[int, int]]:

@@ -26,7 +26,7 @@ class SessionOpened:
 @dataclass(frozen=True, slots=True)
 class SessionClosed:
     session: Tuple4
-    how: str  # "fin", "rst", "idle", "teardown"
+    how: str  # "fin", "rst", "idle", "teardown", "kernel" (an offloaded session expired)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,10 @@ to it, not along the dead path) and frees the session; the other end does the sa
 The peer could be dead rather than a hop; then resetting is what TCP would do anyway.
 A side whose app has sent its FIN is no longer watched: its app is done, and a storm of
 closes can overflow the queues for longer than the timeout (thousands of sessions closed
-at once in `dysco bench --load` were reset before this rule).
+at once in `dysco bench --load` were reset before this rule). Neither is a session a
+driver offloaded to a kernel fast path (core/offload.py): its acks no longer pass the
+core, so silence says nothing; watching starts again with the first data sent after the
+hand-back.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ class HopWatch(AgentBase):
     def _stall_check(self, side: Side, now: float) -> None:
         side.stall_armed = False
         s = side.session
+        if s.offloaded:
+            side.stall_since = None  # the kernel carries it; the next send re-arms
+            return
         since = side.stall_since
         if (since is None or s.sid not in self.sessions or s.closing_at is not None or s.torn
                 or side.fin_out is not None):

@@ -156,6 +156,9 @@ class Session:
     rid: int = 0  # for an inserted session: the reconfiguration that created it
     removal: tuple[int, ...] | None = None  # ReplaceSelf wanted: replacement hops
     removal_tries: int = 0
+    # The driver's kernel fast path rewrites this session's packets: the core sees none
+    # of them, so it must not judge the session idle (the driver reports its end).
+    offloaded: bool = False
     sides: list[Side] = field(default_factory=list)
 
     def tuple4(self) -> Tuple4:

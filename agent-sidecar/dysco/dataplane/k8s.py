@@ -154,7 +154,8 @@ class NodeDataPlane:
     """All pods of one node, served by one runtime thread."""
 
     def __init__(self, backend: str = "raw", limits: Mapping[str, float] | None = None,
-                 state_dir: str | None = None, exempt: tuple[str, ...] = ()) -> None:
+                 state_dir: str | None = None, exempt: tuple[str, ...] = (),
+                 fastpath: bool = True, mbfast: bool = True) -> None:
         self._limits = dict(limits or {})
         # where `suspend` leaves each pod's core state for the next agent (node tmpfs)
         self.state_dir = Path(state_dir) if state_dir else None
@@ -164,7 +165,8 @@ class NodeDataPlane:
         self._hop_failures: collections.Counter[str] = collections.Counter()
         self.keys: tuple[tuple[int, bytes], ...] = ()
         self.current_key = 0
-        self.runtime = Runtime(self._agent, backend=backend, exempt=exempt)
+        self.runtime = Runtime(self._agent, backend=backend, exempt=exempt,
+                               fastpath=fastpath, mbfast=mbfast)
         self.runtime.on_notify = self._on_notify
         self.pods: dict[str, PodSpec] = {}
         self.policies: dict[str, tuple[k8s.Policy, ...]] = {}
@@ -626,9 +628,13 @@ def node_addresses() -> tuple[str, ...]:
 def create_dataplane() -> NodeDataPlane:
     """Entry point for ``dysco k8s agent --dataplane dysco.dataplane.k8s:create_dataplane``;
     ``DYSCO_NFQ_BACKEND`` picks the NFQUEUE backend (raw, binding), `LIMIT_ENV` the
-    limits, ``DYSCO_STATE_DIR`` where sessions' state waits for the next agent. The
+    limits, ``DYSCO_STATE_DIR`` where sessions' state waits for the next agent,
+    ``DYSCO_FASTPATH=0`` (``--no-fastpath``) keeps every session on NFQUEUE,
+    ``DYSCO_MBFAST=0`` only the middleboxes' (the end hosts' fast path stays). The
     node's addresses are exempt from interception (`rules.Interception`)."""
     return NodeDataPlane(backend=os.environ.get("DYSCO_NFQ_BACKEND", "raw"),
                          limits=limits_from_env(os.environ),
                          state_dir=os.environ.get("DYSCO_STATE_DIR") or None,
-                         exempt=node_addresses())
+                         exempt=node_addresses(),
+                         fastpath=os.environ.get("DYSCO_FASTPATH", "1") != "0",
+                         mbfast=os.environ.get("DYSCO_MBFAST", "1") != "0")

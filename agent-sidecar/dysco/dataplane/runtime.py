@@ -40,11 +40,15 @@ from dysco.core.actions import Action, Hook, Inject, Notify, SendControl, Verdic
 from dysco.core.events import Event
 
 from . import netns, nfq, rules, segment
+from .fastpath import FastPath
+from .mbfast import MbFastPath
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 CONTROL_PORT = 2016
+_CT_EVENTS = "conntrack-events"  # selector tag of a pod's fast-path event socket
+_DRAIN_BATCHES = 64  # at most, per queue, when a pod's fast-path table appears
 _SO_MARK = 36
 _SO_SNDBUFFORCE = 32
 _SO_RCVBUFFORCE = 33
@@ -111,6 +115,8 @@ class Pod:
         self.queues = queues
         self.stats = PodStats()
         self.control_port = control_port
+        self.fast: FastPath | None = None  # kernel fast path (fastpath.py), if enabled
+        self.mbfast: MbFastPath | None = None  # middlebox sessions' (mbfast.py)
         self.control = netns.open_socket(spec.ns, socket.AF_INET, socket.SOCK_DGRAM)
         self.raw = netns.open_socket(spec.ns, socket.AF_INET, socket.SOCK_RAW,
                                      socket.IPPROTO_RAW)
@@ -169,7 +175,8 @@ class Runtime:
                  queue_in: int = rules.DEFAULT_QUEUE_IN,
                  queue_out: int = rules.DEFAULT_QUEUE_OUT, mark: int = rules.DEFAULT_MARK,
                  clock: Callable[[], float] = time.monotonic,
-                 exempt: tuple[str, ...] = ()) -> None:
+                 exempt: tuple[str, ...] = (), fastpath: bool = True,
+                 mbfast: bool = True) -> None:
         self.factory = factory or self._core_agent
         self.exempt = exempt  # addresses whose TCP the pods' rules never queue
         self.backend = nfq.BACKENDS[backend]
@@ -177,6 +184,8 @@ class Runtime:
         self.control_port = control_port
         self.queue_in, self.queue_out, self.mark = queue_in, queue_out, mark
         self.clock = clock
+        self.fastpath = fastpath  # offload steady end-host sessions to the kernel
+        self.mbfast = fastpath and mbfast  # and middlebox sessions (mbfast.py)
         self.pods: dict[str, Pod] = {}
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -218,6 +227,15 @@ class Runtime:
             self._selector.register(queue.fileno(), selectors.EVENT_READ, (pod, hook))
         self._selector.register(pod.control, selectors.EVENT_READ, (pod, None))
         self.pods[spec.ns] = pod
+        if self.fastpath and isinstance(pod.processor, Agent):
+            if self.mbfast:
+                pod.mbfast = MbFastPath(spec.ns, pod.processor, self.mark)
+            try:
+                pod.fast = FastPath(spec.ns, pod.processor, self.mark)
+                self._selector.register(pod.fast.fileno(), selectors.EVENT_READ,
+                                        (pod, _CT_EVENTS))
+            except OSError as exc:  # no ctnetlink: every session stays on the queues
+                log.warning("%s: no fast path: %s", spec.ns, exc)
         try:
             interception.install()
         except BaseException:
@@ -232,6 +250,7 @@ class Runtime:
         if pod is None:
             return
         try:
+            self._close_fast(pod)
             if netns.exists(ns):
                 pod.interception.remove()
         finally:
@@ -247,12 +266,22 @@ class Runtime:
         attaches again the pod's TCP packets are dropped, never passed unrewritten.
         Returns the pod's processor (to snapshot)."""
         pod = self.pods.pop(ns)
+        self._close_fast(pod)  # the restored core starts with every session on the queues
         for queue in pod.queues.values():
             self._selector.unregister(queue.fileno())
         self._selector.unregister(pod.control)
         pod.close_sockets()
         log.info("suspended %s (rules kept: its packets are dropped)", ns)
         return pod.processor
+
+    def _close_fast(self, pod: Pod) -> None:
+        if pod.mbfast is not None:
+            pod.mbfast.close(self.clock())
+            pod.mbfast = None
+        if pod.fast is not None:
+            self._selector.unregister(pod.fast.fileno())
+            pod.fast.close(self.clock())
+            pod.fast = None
 
     def close(self) -> None:
         for ns in list(self.pods):
@@ -323,6 +352,8 @@ class Runtime:
             pod, hook = key.data
             if hook is None:
                 self._on_control(pod)
+            elif hook == _CT_EVENTS and pod.fast is not None:
+                self._execute(pod, pod.fast.ended(self.clock()))
             else:
                 self._on_queue(pod, hook)
         self._run_pending()
@@ -349,6 +380,30 @@ class Runtime:
     def execute_command(self, pod: Pod, command: Any) -> None:
         """Give `pod`'s core a command now; only from the loop thread (`on_notify`)."""
         self._execute(pod, pod.processor.command(command, self.clock()))
+        self._settle(pod, full=True)
+
+    def _settle(self, pod: Pod, full: bool = False) -> None:
+        """Let the fast paths follow the core after a batch of inputs (`full`: a control
+        message or a command, which may change any session)."""
+        mbfast = pod.mbfast
+        if mbfast is not None:
+            mbfast.settle(self.clock(), full)
+            probes, mbfast.probes = mbfast.probes, []
+            self._execute(pod, [Inject(p, Hook.OUTPUT) for p in probes])
+        fast = pod.fast
+        if fast is None:
+            return
+        fast.settle(self.clock())
+        if fast.drain_queues:
+            # its table just turned conntrack on: packets queued before it go first
+            fast.drain_queues = False
+            for hook in pod.queues:
+                for _ in range(_DRAIN_BATCHES):
+                    if not self._on_queue(pod, hook, settle=False):
+                        break
+            fast.settle(self.clock())
+        probes, fast.probes = fast.probes, []
+        self._execute(pod, [Inject(p, Hook.INPUT) for p in probes])
 
     def _run_timers(self) -> None:
         now = self.clock()
@@ -356,13 +411,21 @@ class Runtime:
             deadline = pod.processor.next_deadline()
             if deadline is not None and deadline <= now:
                 self._execute(pod, pod.processor.timer(now))
+                self._settle(pod)
+            if pod.fast is not None:
+                self._execute(pod, pod.fast.watch(now))
 
-    def _on_queue(self, pod: Pod, hook: Hook) -> None:
+    def _on_queue(self, pod: Pod, hook: Hook, settle: bool = True) -> int:
+        """Handle a batch of `hook`'s queue; how many packets it had."""
         queue = pod.queues[hook]
         stats = pod.stats
-        for pkt in queue.receive():
+        fast, mbfast = pod.fast, pod.mbfast
+        batch = queue.receive()
+        for pkt in batch:
             stats.packets += 1
             stats.truncated += pkt.truncated
+            if fast is not None:
+                self._execute(pod, fast.reopen(hook, pkt.data, self.clock()))
             try:
                 actions = pod.processor.packet(hook, pkt.data, self.clock())
             except Exception:
@@ -371,6 +434,11 @@ class Runtime:
                 queue.drop(pkt)
                 continue
             verdict = actions[0] if actions else None
+            if isinstance(verdict, Verdict):
+                if fast is not None:
+                    fast.saw(hook, pkt.data, verdict.data)
+                if mbfast is not None:
+                    mbfast.saw(hook, pkt.data, verdict.data)
             if not isinstance(verdict, Verdict):
                 log.error("%s: core gave no verdict first (%r); dropped", pod.spec.ns, actions)
                 stats.errors += 1
@@ -392,7 +460,10 @@ class Runtime:
                 # its first part would arrive reordered.
                 queue.flush()
                 self._execute(pod, actions[1:])
-        queue.flush()
+        queue.flush()  # before offloading: these verdicts must meet the old ct state
+        if settle:
+            self._settle(pod)
+        return len(batch)
 
     def _on_control(self, pod: Pod) -> None:
         while True:
@@ -406,6 +477,7 @@ class Runtime:
                 raise
             pod.stats.control_in += 1
             self._execute(pod, pod.processor.control(ip_to_int(src), payload, self.clock()))
+            self._settle(pod, full=True)
 
     def _execute(self, pod: Pod, actions: Iterable[Action]) -> None:
         for action in actions:
@@ -421,6 +493,10 @@ class Runtime:
                 case Notify(event=event):
                     pod.stats.notifications[type(event).__name__] += 1
                     log.debug("%s: %r", pod.spec.ns, event)
+                    if pod.fast is not None:
+                        pod.fast.notice(event)
+                    if pod.mbfast is not None:
+                        pod.mbfast.notice(event)
                     if self.on_notify is not None:
                         self.on_notify(pod, event)
                 case Verdict():
@@ -434,5 +510,11 @@ class Runtime:
             s = pod.stats
             out[ns] = {k: v for k, v in vars(s).items() if k != "notifications"}
             out[ns]["notifications"] = dict(s.notifications)
+            if pod.fast is not None:
+                out[ns]["fastpath"] = {**vars(pod.fast.stats),
+                                       "sessions": len(pod.fast.installed)}
+            if pod.mbfast is not None:
+                out[ns]["mbfast"] = {**vars(pod.mbfast.stats),
+                                     "sessions": len(pod.mbfast.installed)}
         return out
 

@@ -49,6 +49,10 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "re-read every step, so keys rotate without a restart")
     p.add_argument("--status-interval", type=float, default=5.0,
                    help="seconds between status reports (sessions, reconfigurations)")
+    p.add_argument("--fastpath", action=argparse.BooleanOptionalAction,
+                   default=env("DYSCO_FASTPATH", "1") != "0",
+                   help="offload steady end-host sessions to conntrack (default on); the "
+                        "data plane factory reads it as DYSCO_FASTPATH")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=run_agent)
     return p
@@ -77,6 +81,11 @@ def load_dataplane(spec: str) -> DataPlane:
     return dp
 
 
+def _dataplane(args: argparse.Namespace) -> DataPlane:
+    os.environ["DYSCO_FASTPATH"] = "1" if args.fastpath else "0"
+    return load_dataplane(args.dataplane)
+
+
 def run_agent(args: argparse.Namespace) -> int:
     from kubernetes import client, config
 
@@ -90,7 +99,7 @@ def run_agent(args: argparse.Namespace) -> int:
         config.load_kube_config(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
     else:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
-    dataplane = load_dataplane(args.dataplane)
+    dataplane = _dataplane(args)
     agent = NodeAgent(
         args.node_name, client.CustomObjectsApi(), dataplane,
         make_resolver(args.netns_resolver),

@@ -59,11 +59,14 @@ class LabAgents:
     """Attach agents to `pods` (short names) on enter; detach them all on exit."""
 
     def __init__(self, lab: Lab, pods: list[str], backend: str = "raw",
-                 serve: bool = True, config: Mapping[str, float] | None = None) -> None:
+                 serve: bool = True, config: Mapping[str, float] | None = None,
+                 fastpath: bool = True, mbfast: bool = True) -> None:
         self.lab = lab
         self.overrides = dict(config or {})  # AgentConfig fields (limits, timeouts)
         self.pods = pods
         self.backend = backend
+        self.fastpath = fastpath  # offload steady end-host sessions to conntrack
+        self.mbfast = mbfast  # and middlebox sessions to nft maps (with fastpath only)
         self.tracker = control.Tracker()
         self.serve = serve
         self._server: control.Server | None = None
@@ -265,7 +268,8 @@ def _serve_node(conn: multiprocessing.connection.Connection, agents: LabAgents,
         with send_lock:
             conn.send(msg)
 
-    runtime = Runtime(lambda spec: Agent(agents.config(spec)), backend=agents.backend)
+    runtime = Runtime(lambda spec: Agent(agents.config(spec)), backend=agents.backend,
+                      fastpath=agents.fastpath, mbfast=agents.mbfast)
     rejected: dict[str, collections.Counter[str]] = collections.defaultdict(
         collections.Counter)
 

@@ -31,7 +31,10 @@ COLUMNS = [("label", "row", "{}"), ("fwd_gbps", "fwd Gbit/s", "{:.2f}"),
            ("rev_gbps", "rev Gbit/s", "{:.2f}"), ("rr_p50_us", "RR p50 µs", "{:.0f}"),
            ("rr_p99_us", "RR p99 µs", "{:.0f}"), ("connect_p50_us", "connect p50 µs", "{:.0f}"),
            ("connect_p99_us", "connect p99 µs", "{:.0f}"), ("setup_per_s", "setups/s", "{:.0f}"),
-           ("agent_cpu_s_per_gb", "agent CPU s/GB", "{:.1f}")]
+           ("agent_cpu_s_per_gb", "agent CPU s/GB", "{:.1f}"),
+           ("install_us_per_session", "install µs/session", "{:.0f}"),
+           ("mb_install_us_per_session", "mb install µs/session", "{:.0f}"),
+           ("mb_agent_packets", "mb agent pkts", "{:.0f}")]
 
 
 def _iperf(ns: str, host: str, port: int, seconds: float, reverse: bool) -> float:
@@ -91,11 +94,39 @@ def measure(lab: Lab, label: str, *, seconds: float = 5.0, count: int = 2000,
             proc.wait()
 
 
+CONNTRACK_ON = """table ip dysco_bench_ct {
+  chain c { type filter hook prerouting priority 0; ct state invalid counter; }
+}
+"""
+
+
+def measure_conntrack(lab: Lab, pods: list[str], *, seconds: float = 5.0,
+                      count: int = 2000) -> dict[str, Any]:
+    """Plain routing with conntrack on in `pods` (a ``ct`` rule, no rewriting): the
+    baseline a kernel fast path is bound by (fastpath-feasibility.md: 0.80)."""
+    for short in pods:
+        netns.run(lab.pod(short).name, ["nft", "-f", "-"], stdin=CONNTRACK_ON)
+    try:
+        row = measure(lab, f"plain routing, conntrack on in {','.join(pods)}",
+                      seconds=seconds, count=count)
+    finally:
+        for short in pods:
+            netns.run(lab.pod(short).name, ["nft", "delete", "table", "ip", "dysco_bench_ct"],
+                      check=False)
+    row["conntrack"] = True
+    return row
+
+
 def measure_dysco(lab: Lab, hops: list[str], backend: str, *, seconds: float = 5.0,
-                  count: int = 2000) -> dict[str, Any]:
-    """A row with Dysco agents on the client, the server and `hops` (forwarding pods)."""
-    label = f"dysco {' -> '.join(['client', *hops, 'server'])} ({backend})"
-    with LabAgents(lab, ["client", "server", *hops], backend=backend) as agents:
+                  count: int = 2000, fastpath: bool = True,
+                  mbfast: bool = True) -> dict[str, Any]:
+    """A row with Dysco agents on the client, the server and `hops` (forwarding pods);
+    `mbfast` False: the fast path at the end hosts only (middleboxes queue)."""
+    path = ("fast path" if mbfast or not hops else "fast path, end hosts only") \
+        if fastpath else "queue path"
+    label = f"dysco {' -> '.join(['client', *hops, 'server'])} ({backend}, {path})"
+    with LabAgents(lab, ["client", "server", *hops], backend=backend,
+                   fastpath=fastpath, mbfast=mbfast) as agents:
         for hop in hops:
             netns.sysctl(lab.pod(hop).name, {"net.ipv4.ip_forward": "1"})
         agents.set_chain("client", "server", hops, {IPERF_PORT, ECHO_PORT})
@@ -103,7 +134,27 @@ def measure_dysco(lab: Lab, hops: list[str], backend: str, *, seconds: float = 5
         row = measure(lab, label, seconds=seconds, count=count)
         cpu = agents.usage()["cpu_s"] - cpu0
         notes = agents.notifications()
-    row |= {"hops": len(hops), "backend": backend, "sessions_opened": notes["SessionOpened"]}
+        stats = agents.stats()
+        fast = [st["fastpath"] for st in stats.values() if "fastpath" in st]
+        mb = [stats[h] for h in hops]
+    row |= {"hops": len(hops), "backend": backend, "fastpath": fastpath,
+            "mbfast": fastpath and mbfast and bool(hops),
+            "sessions_opened": notes["SessionOpened"]}
+    if hops:
+        # packets the middlebox agents handled (queue path: all of them)
+        row["mb_agent_packets"] = sum(st["packets"] for st in mb)
+        mb_offloaded = sum(st["mbfast"]["offloaded"] for st in mb if "mbfast" in st)
+        if mb_offloaded:
+            row["mb_offloaded"] = mb_offloaded
+            row["mb_install_us_per_session"] = round(
+                sum(st["mbfast"]["install_s"] for st in mb if "mbfast" in st)
+                / mb_offloaded * 1e6, 1)
+    offloaded = sum(f["offloaded"] for f in fast)
+    if offloaded:
+        # both end hosts install per session; per agent and session
+        row["install_us_per_session"] = round(
+            sum(f["install_s"] for f in fast) / offloaded * 1e6, 1)
+        row["offloaded"] = offloaded
     # the agent processes (one per node): their CPU time over the bytes moved
     moved_gb = (row["fwd_gbps"] + row["rev_gbps"]) * seconds / 8
     row["agent_cpu_s"] = round(cpu, 2)
@@ -307,22 +358,52 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     plt.close(fig)
 
 
+def _gbps(row: dict[str, Any]) -> float:
+    return float(row["fwd_gbps"] + row["rev_gbps"]) / 2
+
+
 def summary(rows: list[dict[str, Any]], reconfigs: list[dict[str, Any]],
             default_backend: str = "raw") -> dict[str, Any]:
-    """The headline numbers: goodput ratios and added RTT per hop (default backend)."""
-    plain = next(r for r in rows if "hops" not in r)
-    plain_gbps = (plain["fwd_gbps"] + plain["rev_gbps"]) / 2
-    ratio, added = {}, {}
+    """The headline numbers of the default configuration (default backend, fast path
+    on): goodput ratios to plain routing and to plain routing with conntrack on, added
+    RTT per hop, setup rate and install cost; the queue path's ratios beside them."""
+    plain = next(r for r in rows if "hops" not in r and not r.get("conntrack"))
+    ct_plain = next((r for r in rows if r.get("conntrack")), None)
+    ratio, ratio_ct, ratio_queue, added = {}, {}, {}, {}
+    ratio_hosts, ratio_hosts_ct, added_hosts = {}, {}, {}
+    setup, install = {}, {}
     for r in rows:
-        if r.get("backend") == default_backend and r.get("hops"):
-            k = str(r["hops"])
-            ratio[k] = round((r["fwd_gbps"] + r["rev_gbps"]) / 2 / plain_gbps, 4)
+        if r.get("backend") != default_backend or "hops" not in r:
+            continue
+        k = str(r["hops"])
+        if not r.get("fastpath"):
+            ratio_queue[k] = round(_gbps(r) / _gbps(plain), 4)
+            continue
+        if r["hops"] and not r.get("mbfast"):
+            ratio_hosts[k] = round(_gbps(r) / _gbps(plain), 4)
+            if ct_plain is not None:
+                ratio_hosts_ct[k] = round(_gbps(r) / _gbps(ct_plain), 4)
+            added_hosts[k] = round((r["rr_p50_us"] - plain["rr_p50_us"]) / r["hops"], 1)
+            continue
+        ratio[k] = round(_gbps(r) / _gbps(plain), 4)
+        if ct_plain is not None:
+            ratio_ct[k] = round(_gbps(r) / _gbps(ct_plain), 4)
+        if r["hops"]:
             added[k] = round((r["rr_p50_us"] - plain["rr_p50_us"]) / r["hops"], 1)
+        setup[k] = r.get("setup_per_s")
+        install[k] = r.get("install_us_per_session")
     out: dict[str, Any] = {
         "goodput_ratio": ratio,
+        "goodput_ratio_conntrack_baseline": ratio_ct,
+        "goodput_ratio_queue_path": ratio_queue,
+        "goodput_ratio_end_hosts_only": ratio_hosts,
+        "goodput_ratio_conntrack_baseline_end_hosts_only": ratio_hosts_ct,
+        "added_rtt_us_p50_per_hop_end_hosts_only": added_hosts,
         "added_rtt_us_p50_per_hop": round(sum(added.values()) / len(added), 1)
         if added else None,
         "added_rtt_us_p50_per_hop_by_chain": added,
+        "setup_per_s_by_chain": setup,
+        "install_us_per_session_by_chain": install,
     }
     for rc in reconfigs:
         key = "replace_1000_sessions_s" if rc["sessions"] == 1000 \

@@ -71,7 +71,8 @@ def _run(args: argparse.Namespace) -> int:
         print("dysco lab run: give --scenario NAME or --list", file=sys.stderr)
         return 2
     opts = scenarios.Options(bytes=args.bytes, sessions=args.sessions, timeout=args.timeout,
-                             backend=args.backend, rate=args.rate, loss=args.loss)
+                             backend=args.backend, rate=args.rate, loss=args.loss,
+                             fastpath=args.fastpath)
     result = scenarios.run(args.scenario, _lab(args), opts)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -93,7 +94,8 @@ def _agents(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with LabAgents(lab, [p.short for p in lab.pods()], backend=args.backend) as agents:
+    with LabAgents(lab, [p.short for p in lab.pods()], backend=args.backend,
+                   fastpath=args.fastpath) as agents:
         agents.set_chain("client", "server", args.hops, set(args.ports))
         print(json.dumps({"serving": str(control.socket_path(lab.prefix)),
                           "chain": ["client", *args.hops, "server"], "ports": args.ports}),
@@ -101,6 +103,11 @@ def _agents(args: argparse.Namespace) -> int:
         stop.wait()
         print(json.dumps(agents.stats()), flush=True)
     return 0
+
+
+def add_fastpath_switch(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fastpath", action=argparse.BooleanOptionalAction, default=True,
+                   help="end hosts offload steady sessions to conntrack (default on)")
 
 
 def add_lab_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -120,6 +127,7 @@ def add_lab_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
                     help="chain of new client -> server sessions, e.g. mb1,mb3")
     ag.add_argument("--ports", type=int, nargs="+", default=[5001])
     ag.add_argument("--backend", choices=sorted(nfq.BACKENDS), default="raw")
+    add_fastpath_switch(ag)
     ag.set_defaults(func=_agents)
     run = sub.add_parser("run", help="run a scenario (brings the lab up if needed)")
     _common(run)
@@ -134,6 +142,7 @@ def add_lab_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
                      "(e.g. 32K with --sessions 200; default: as fast as possible)")
     run.add_argument("--backend", choices=sorted(nfq.BACKENDS), default="raw",
                      help="NFQUEUE backend of the Dysco agents")
+    add_fastpath_switch(run)
     run.add_argument("--loss", type=float, default=0.2,
                      help="control-loss: share of control datagrams dropped (0..1)")
     run.add_argument("--json", action="store_true", help="print the full result as JSON")
@@ -148,13 +157,20 @@ def _bench(args: argparse.Namespace) -> int:
         result = bench.load(lab, args.load, args.load_reconfigure, args.backends[0])
         print(json.dumps({**result, "load_before": load}))
         return 0 if result["ok"] else 1
-    rows = [bench.measure(lab, "plain routing", seconds=args.seconds, count=args.count)]
+    rows = [bench.measure(lab, "plain routing", seconds=args.seconds, count=args.count),
+            bench.measure_conntrack(lab, ["client", "mb1", "mb3", "server"],
+                                    seconds=args.seconds, count=args.count)]
     reconfigs: list[dict[str, object]] = []
     if not args.plain_only:
-        for hops in (["mb1"], ["mb1", "mb3"]):
-            for backend in args.backends:
-                rows.append(bench.measure_dysco(lab, hops, backend, seconds=args.seconds,
-                                                count=args.count))
+        for hops in ([], ["mb1"], ["mb1", "mb3"]):
+            # fast path (end hosts and middleboxes), end hosts only, queue path
+            for fastpath, mbfast in ((True, True), (True, False), (False, False)):
+                if fastpath and not mbfast and not hops:
+                    continue
+                for backend in args.backends if hops and not fastpath else args.backends[:1]:
+                    rows.append(bench.measure_dysco(lab, hops, backend, seconds=args.seconds,
+                                                    count=args.count, fastpath=fastpath,
+                                                    mbfast=mbfast))
         for n in args.reconfig_sessions:
             reconfigs.append(bench.reconfiguration(lab, n, args.backends[0]))
     print(bench.table(rows))
