@@ -262,7 +262,9 @@ def test_chain_deleted_close(lab: Lab, dp: NodeDataPlane) -> None:
     assert not [f for f in result["failures"] if "stalled" in f], result["failures"]
     assert result["counters"][lab.pod("client").name].get("Tcp.OutRsts", 0) >= 2
     assert result["seconds"] < opts.bytes / opts.rate / 2
-    assert wait(lambda: not attached(dp)), (attached(dp), dp.runtime.call(dp.runtime.stats))
+    assert wait(lambda: not attached(dp)), dp.runtime.call(lambda: {
+        ns: ([(s.offloaded, s.torn, s.closing_at, s.role) for s in p.processor.sessions.values()],
+             p.fast and vars(p.fast.stats)) for ns, p in dp.runtime.pods.items()})
 
 
 def test_proxy_hop_replaced(lab: Lab, dp: NodeDataPlane) -> None:
