@@ -66,15 +66,19 @@ Tuple4 = tuple[int, int, int, int]
 
 
 def table_script(mark: int) -> str:
+    """The pod's fast-path table. RSTs of offloaded sessions still take the queues:
+    an entry installed mid-stream ignores a RST outside the window it never learnt, so
+    only the core can rewrite it and end the session."""
     key = "ip saddr . tcp sport . ip daddr . tcp dport"
+    live = "tcp flags & rst == 0"
     return f"""table ip {TABLE} {{
   set {SET_IN} {{ type ipv4_addr . inet_service . ipv4_addr . inet_service; size 1048576; }}
   set {SET_OUT} {{ type ipv4_addr . inet_service . ipv4_addr . inet_service; size 1048576; }}
   chain skip_in {{ type filter hook prerouting priority -310;
-    ip protocol tcp {key} @{SET_IN} meta mark set meta mark | {mark:#x} return
+    ip protocol tcp {live} {key} @{SET_IN} meta mark set meta mark | {mark:#x} return
     ip protocol tcp notrack; }}
   chain track_out {{ type filter hook output priority -310;
-    ip protocol tcp {key} @{SET_OUT} return
+    ip protocol tcp {live} {key} @{SET_OUT} return
     ip protocol tcp notrack; }}
   chain skip_out {{ type filter hook postrouting priority -160;
     ct mark & {mark:#x} == {mark:#x} meta mark set meta mark | {mark:#x}; }}
