@@ -3,7 +3,8 @@ clamping and SACK clipping (docs/protocol.md, "Two paths")."""
 
 from __future__ import annotations
 
-from dysco.core import seq
+from dysco.core import AgentConfig, seq
+from dysco.core.agent import Agent
 from dysco.core.datapath import clip_sack, split_two_paths
 from dysco.core.packet import ACK, FIN, PSH, RST, TcpPacket, build, sack_option
 from dysco.core.state import Path, Phase, Reconfig, Session, Side
@@ -87,3 +88,36 @@ def test_rst_goes_on_both_paths() -> None:
 def test_clip_sack_across_wraparound() -> None:
     lim = seq.add(0xFFFFFFF0, 0x20)
     assert clip_sack([(0xFFFFFFF0, seq.add(lim, 5))], lim) == [(0xFFFFFFF0, lim)]
+
+
+def test_acks_below_the_peers_cutoff_go_old_even_if_the_switch_saw_a_stale_stream() -> None:
+    """After a kernel fast-path stretch the core's view at the switch is stale: the peer
+    sent up to 600 on the old path (its cutoff), the core last saw 500. Our socket's ack
+    of 600 (a probe's answer, the session idle) must reach the old path, or the
+    reconfiguration waits for it forever (bulk idle replaces, middlebox fast path on)."""
+    sd, rc = side(cut=1000, orm=500, old_acked=500)
+    rc.cutoff_rcv = 600
+    out = split_two_paths(sd, rc, pkt(1000, 600, b"", ACK))
+    assert [(p.ack, new) for p, new in out] == [(600, False)]
+    assert rc.old_acked == 600 and rc.old_rcvd_max == 600
+    # beyond the cutoff the peer's data came new: the old path's ack stays at the cutoff
+    out = split_two_paths(sd, rc, pkt(1000, 700, b"", ACK))
+    assert [(p.ack, new) for p, new in out] == [(700, True)]
+    assert rc.old_acked == 600 and rc.old_rcvd_max == 600
+
+
+def test_a_bare_ack_on_the_old_path_raises_what_came_that_way() -> None:
+    """The peer's bare ack on the old path carries its next old-path seq (at most its
+    cutoff): data below it came on the old path, though the core, stale after a kernel
+    fast-path stretch, never saw it. Data on the new path does not count."""
+    agent = Agent(AgentConfig(address=1))
+    sd, rc = side(cut=1000, orm=500, old_acked=500)
+    sd.rcv_max, sd.rcv_acked, sd.snd_max, sd.snd_acked = 500, 500, 1000, 1000
+    agent._begin(0.0)
+    agent._receive_on_side(sd, sd.path, pkt(600, 1000, b"", ACK))
+    assert rc.old_rcvd_max == 600 and not rc.old_data_since_ack
+    assert sd.new is not None
+    agent._receive_on_side(sd, sd.new, pkt(700, 1000, b"", ACK))
+    assert rc.old_rcvd_max == 600
+    agent._receive_on_side(sd, sd.path, pkt(650, 1000, b"", RST | ACK))
+    assert rc.old_rcvd_max == 600

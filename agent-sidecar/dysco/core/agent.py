@@ -324,6 +324,13 @@ class Agent(Reconfigurer, HopWatch):
             if rc.old_rcvd_max is None or seq.gt(end, rc.old_rcvd_max):
                 rc.old_rcvd_max = end
             rc.old_data_since_ack = True
+        elif (rc is not None and side.phase is Phase.TWO_PATHS and not on_new
+              and not flags & RST and rc.old_rcvd_max is not None
+              and seq.gt(pkt.seq, rc.old_rcvd_max)):
+            # A bare ack on the old path carries the peer's next old-path seq: data
+            # below it came that way (relearnt after a kernel fast-path stretch, as
+            # track_in relearns rcv_max), so our acks of it may go on the old path.
+            rc.old_rcvd_max = pkt.seq
         self._emit(pkt.to_bytes(), Hook.INPUT)
         if flags & RST:
             self._close_now(s, "rst")

@@ -107,8 +107,16 @@ def split_two_paths(side: Side, rc: Reconfig, pkt: TcpPacket) -> list[tuple[TcpP
     """
     assert rc.cutoff_snd is not None and rc.old_rcvd_max is not None
     cut = rc.cutoff_snd
-    orm = rc.old_rcvd_max
     flags = pkt.flags
+    if flags & ACK and rc.cutoff_rcv is not None:
+        # Our socket acks only what it received, and the peer sent everything below its
+        # cutoff on the old path: after a stretch the core did not see (a kernel fast
+        # path), `old_rcvd_max` taken at the switch may be stale, and acks clamped to
+        # it could never reach the cutoff (the reconfiguration would never complete).
+        bound = seq.min_(pkt.ack, rc.cutoff_rcv)
+        if seq.gt(bound, rc.old_rcvd_max):
+            rc.old_rcvd_max = bound
+    orm = rc.old_rcvd_max
     if flags & RST:
         return [(pkt, False), (pkt.slice(0, pkt.payload_len, fin=False), True)]
     s = pkt.seq
