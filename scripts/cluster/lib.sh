@@ -106,7 +106,9 @@ wait_for() {
   local timeout=$1 what=$2 name=$3; shift 3
   local deadline; deadline=$(awk -v n="$(now)" -v t="$timeout" 'BEGIN { printf "%d", n + t }')
   until "$@" >/dev/null 2>&1; do
-    if [ -n "$name" ] && ! pid_alive "$name"; then
+    # kill -0, not pid_alive: the process was just started and until it execs its comm
+    # is still setsid's (or env's), which the name check would take for a dead process
+    if [ -n "$name" ] && ! kill -0 "$(cat "$PID_DIR/$name.pid" 2>/dev/null)" 2>/dev/null; then
       tail -n 30 "$LOG_DIR/$name.log" >&2 || true
       die "$name exited while waiting for: $what (log: $LOG_DIR/$name.log)"
     fi
