@@ -19,15 +19,17 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from . import netns
+from .nlattr import NESTED as _NESTED
+from .nlattr import NETLINK_NETFILTER
+from .nlattr import attr as _attr
+from .nlattr import nest as _nest
 
-NETLINK_NETFILTER = 12
 GROUP_UPDATE, GROUP_DESTROY = 2, 3  # NFNLGRP_CONNTRACK_UPDATE, _DESTROY
 _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33
 _SOL_NETLINK, _NETLINK_ADD_MEMBERSHIP = 270, 1
 _CT_NEW, _CT_GET, _CT_DELETE = 0x100, 0x101, 0x102
 _F_REQUEST, _F_ACK, _F_EXCL, _F_CREATE = 1, 4, 0x200, 0x400
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
-_NESTED = 0x8000
 _CTA_TUPLE_ORIG, _CTA_TUPLE_REPLY, _CTA_PROTOINFO, _CTA_NAT_SRC = 1, 2, 4, 6
 _CTA_TIMEOUT, _CTA_MARK, _CTA_NAT_DST = 7, 8, 13
 _CTA_SEQ_ADJ_ORIG, _CTA_SEQ_ADJ_REPLY = 15, 16
@@ -38,13 +40,6 @@ _MASK32 = 0xFFFFFFFF
 Tuple4 = tuple[int, int, int, int]
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
-
-
-def _nest(kind: int, *parts: bytes) -> bytes:
-    return _attr(kind | _NESTED, b"".join(parts))
 
 
 def _tuple(kind: int, t: Tuple4) -> bytes:

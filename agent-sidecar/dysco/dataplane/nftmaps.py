@@ -27,18 +27,18 @@ import socket
 import struct
 from collections.abc import Sequence
 
-from . import netns
+from .nlattr import attr as _attr
+from .nlattr import nest as _nest
+from .nlattr import netfilter_socket
 
 TABLE = "dysco_mbfast"
 MAP_IN, MAP_OUT = "map_in", "map_out"
-NETLINK_NETFILTER = 12
 _SUBSYS = 10
 _BATCH_BEGIN, _BATCH_END = 0x10, 0x11
 _NEWTABLE, _DELTABLE, _NEWCHAIN, _NEWRULE = 0, 2, 3, 6
 _NEWSET, _NEWSETELEM, _DELSETELEM = 9, 12, 14
 _F_REQUEST, _F_ACK, _F_EXCL, _F_CREATE, _F_APPEND = 1, 4, 0x200, 0x400, 0x800
 _NLMSG_ERROR = 2
-_NESTED = 0x8000
 _NLH = struct.Struct("=IHHII")
 _MAX_PER_MESSAGE = 1000
 _SET_MAP = 0x8
@@ -54,13 +54,6 @@ _R_KEY, _R_DATA = 8, 12  # NFT_REG32_00 .. 03 hold the key, 04 .. 07 the value
 Tuple4 = tuple[int, int, int, int]
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
-
-
-def _nest(kind: int, *parts: bytes) -> bytes:
-    return _attr(kind | _NESTED, b"".join(parts))
 
 
 def _u32(kind: int, value: int) -> bytes:
@@ -164,12 +157,7 @@ class MapTable:
     """The table of one pod (namespace `ns`; None: the current one)."""
 
     def __init__(self, ns: str | None, mark: int) -> None:
-        if ns is None:
-            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        else:
-            self.sock = netns.open_socket(ns, socket.AF_NETLINK, socket.SOCK_RAW,
-                                          NETLINK_NETFILTER)
-        self.sock.bind((0, 0))
+        self.sock = netfilter_socket(ns)
         self.mark = mark
         self._seq = 0
 

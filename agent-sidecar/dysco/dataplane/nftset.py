@@ -15,23 +15,19 @@ import socket
 import struct
 from collections.abc import Sequence
 
-from . import netns
+from .nlattr import NESTED as _NESTED
+from .nlattr import attr as _attr
+from .nlattr import netfilter_socket
 
-NETLINK_NETFILTER = 12
 _SUBSYS_NFTABLES = 10
 _BATCH_BEGIN, _BATCH_END = 0x10, 0x11
 _NEWSETELEM, _DELSETELEM = 12, 14
 _F_REQUEST, _F_ACK, _F_CREATE = 1, 4, 0x400
 _NLMSG_ERROR = 2
-_NESTED = 0x8000
 _NLH = struct.Struct("=IHHII")
 _MAX_PER_MESSAGE = 1000
 Tuple4 = tuple[int, int, int, int]
 
-
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
 
 
 def key(t: Tuple4) -> bytes:
@@ -44,12 +40,7 @@ class SetElements:
     """Add/remove elements of the sets of `table` (family ip) in namespace `ns`."""
 
     def __init__(self, ns: str | None, table: str) -> None:
-        if ns is None:
-            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        else:
-            self.sock = netns.open_socket(ns, socket.AF_NETLINK, socket.SOCK_RAW,
-                                          NETLINK_NETFILTER)
-        self.sock.bind((0, 0))
+        self.sock = netfilter_socket(ns)
         self._table = _attr(1, table.encode() + b"\0")
         self._seq = 0
 
