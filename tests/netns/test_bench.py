@@ -22,6 +22,7 @@ def test_summary_from_rows() -> None:
             {"label": "1", "hops": 1, "backend": "raw", "fastpath": True, "mbfast": True,
              "fwd_gbps": 0.2,
              "rev_gbps": 0.2, "rr_p50_us": 540.0, "setup_per_s": 900.0,
+             "setup_burst_per_s": 1500.0, "setup_per_s_per_agent_cpu": 4000.0,
              "install_us_per_session": 30.0},
             {"label": "2", "hops": 2, "backend": "raw", "fastpath": True, "mbfast": True,
              "fwd_gbps": 0.1, "rev_gbps": 0.3, "rr_p50_us": 840.0},
@@ -39,6 +40,8 @@ def test_summary_from_rows() -> None:
     assert head["goodput_ratio_end_hosts_only"] == {"2": 0.005}
     assert head["added_rtt_us_p50_per_hop_end_hosts_only"] == {"2": 500.0}
     assert head["setup_per_s_by_chain"]["1"] == 900.0
+    assert head["setup_burst_per_s_by_chain"]["1"] == 1500.0
+    assert head["setup_per_s_per_agent_cpu_by_chain"]["1"] == 4000.0
     assert head["install_us_per_session_by_chain"]["1"] == 30.0
     assert head["added_rtt_us_p50_per_hop_by_chain"] == {"1": 500.0, "2": 400.0}
     assert head["added_rtt_us_p50_per_hop"] == 450.0

@@ -191,6 +191,10 @@ class LabAgents:
             out.update({names[ns]: v for ns, v in handle.call(op).items()})
         return out
 
+    def node_cpu(self) -> dict[int, float]:
+        """CPU seconds of each node's agent process (the unit a setup rate is per)."""
+        return {node: handle.call("usage")["cpu_s"] for node, handle in self._nodes.items()}
+
     def usage(self) -> dict[str, float]:
         """CPU seconds and resident memory (KiB) of the agent processes, summed."""
         total = {"cpu_s": 0.0, "rss_kib": 0.0}

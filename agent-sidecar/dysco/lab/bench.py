@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
 from typing import Any
 
 from dysco.core import Action, Agent, AgentConfig, Hook, Hop, Policy, Verdict
@@ -27,10 +28,13 @@ from .topology import Lab
 
 IPERF_PORT = 5201
 ECHO_PORT = 5002
+SETUP_BURST, SETUP_PARALLEL = 2000, 32  # sessions, connects in flight
 COLUMNS = [("label", "row", "{}"), ("fwd_gbps", "fwd Gbit/s", "{:.2f}"),
            ("rev_gbps", "rev Gbit/s", "{:.2f}"), ("rr_p50_us", "RR p50 µs", "{:.0f}"),
            ("rr_p99_us", "RR p99 µs", "{:.0f}"), ("connect_p50_us", "connect p50 µs", "{:.0f}"),
            ("connect_p99_us", "connect p99 µs", "{:.0f}"), ("setup_per_s", "setups/s", "{:.0f}"),
+           ("setup_burst_per_s", "setups/s x32", "{:.0f}"),
+           ("agent_cpu_us_per_setup", "agent CPU µs/setup", "{:.0f}"),
            ("agent_cpu_s_per_gb", "agent CPU s/GB", "{:.1f}"),
            ("install_us_per_session", "install µs/session", "{:.0f}"),
            ("mb_install_us_per_session", "mb install µs/session", "{:.0f}"),
@@ -57,10 +61,41 @@ def _probe(ns: str, mode: str, host: str, port: int, count: int) -> dict[str, fl
     return doc
 
 
+def _setup_burst(ns: str, host: str, port: int,
+                 cpu: Callable[[], dict[int, float]] | None) -> dict[str, Any]:
+    """Sessions set up per second with `SETUP_PARALLEL` connects in flight, each echoing
+    a byte: a rate, where connects one after the other measure latency. With `cpu` (CPU
+    seconds per agent process), the busiest agent's CPU per session and the sessions
+    per second that makes for one agent on one CPU."""
+    before = cpu() if cpu else {}
+    hold = subprocess.Popen(netns.argv(ns, [
+        sys.executable, "-m", "dysco.lab.pingpong", "hold", "--host", host, "--port",
+        str(port), "--count", str(SETUP_BURST), "--parallel", str(SETUP_PARALLEL)]),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert hold.stdin is not None and hold.stdout is not None
+        opened = json.loads(hold.stdout.readline())
+        after = cpu() if cpu else {}
+    finally:
+        hold.kill()  # the kernel closes its sockets (FIN)
+        hold.wait()
+    out: dict[str, Any] = {"setup_burst_per_s": round(opened["open"] / opened["seconds"], 1)}
+    if opened["open"] < SETUP_BURST:
+        # a lost handshake or echo: a bug to report beside the rate, which it skews
+        # (the connect that failed waited for its 30 s timeout)
+        out["setup_burst_failed"] = SETUP_BURST - opened["open"]
+    if before:
+        busiest = max(after[n] - before[n] for n in before)
+        out["agent_cpu_us_per_setup"] = round(busiest / opened["open"] * 1e6, 1)
+        out["setup_per_s_per_agent_cpu"] = round(opened["open"] / busiest, 1)
+    return out
+
+
 def measure(lab: Lab, label: str, *, seconds: float = 5.0, count: int = 2000,
-            dial: dict[int, int] | None = None) -> dict[str, Any]:
+            dial: dict[int, int] | None = None,
+            cpu: Callable[[], dict[int, float]] | None = None) -> dict[str, Any]:
     """One row. `dial` maps a server port to the port the client dials instead
-    (for paths that rewrite ports)."""
+    (for paths that rewrite ports); `cpu` reads the agents' CPU time per process."""
     dial = dial or {}
     client, server = lab.pod("client"), lab.pod("server")
     servers: list[subprocess.Popen[str]] = [
@@ -87,6 +122,7 @@ def measure(lab: Lab, label: str, *, seconds: float = 5.0, count: int = 2000,
                 "connect_p50_us": conn["p50_us"], "connect_p99_us": conn["p99_us"],
                 # connect()s one after the other: sessions set up per second
                 "setup_per_s": round(1e6 / conn["mean_us"], 1)}
+        row |= _setup_burst(client.name, server.ip, echo_port, cpu)
         return row
     finally:
         for proc in servers:
@@ -131,7 +167,7 @@ def measure_dysco(lab: Lab, hops: list[str], backend: str, *, seconds: float = 5
             netns.sysctl(lab.pod(hop).name, {"net.ipv4.ip_forward": "1"})
         agents.set_chain("client", "server", hops, {IPERF_PORT, ECHO_PORT})
         cpu0 = agents.usage()["cpu_s"]
-        row = measure(lab, label, seconds=seconds, count=count)
+        row = measure(lab, label, seconds=seconds, count=count, cpu=agents.node_cpu)
         cpu = agents.usage()["cpu_s"] - cpu0
         notes = agents.notifications()
         stats = agents.stats()
@@ -371,7 +407,7 @@ def summary(rows: list[dict[str, Any]], reconfigs: list[dict[str, Any]],
     ct_plain = next((r for r in rows if r.get("conntrack")), None)
     ratio, ratio_ct, ratio_queue, added = {}, {}, {}, {}
     ratio_hosts, ratio_hosts_ct, added_hosts = {}, {}, {}
-    setup, install = {}, {}
+    setup, burst, per_cpu, install = {}, {}, {}, {}
     for r in rows:
         if r.get("backend") != default_backend or "hops" not in r:
             continue
@@ -391,6 +427,8 @@ def summary(rows: list[dict[str, Any]], reconfigs: list[dict[str, Any]],
         if r["hops"]:
             added[k] = round((r["rr_p50_us"] - plain["rr_p50_us"]) / r["hops"], 1)
         setup[k] = r.get("setup_per_s")
+        burst[k] = r.get("setup_burst_per_s")
+        per_cpu[k] = r.get("setup_per_s_per_agent_cpu")
         install[k] = r.get("install_us_per_session")
     out: dict[str, Any] = {
         "goodput_ratio": ratio,
@@ -403,6 +441,8 @@ def summary(rows: list[dict[str, Any]], reconfigs: list[dict[str, Any]],
         if added else None,
         "added_rtt_us_p50_per_hop_by_chain": added,
         "setup_per_s_by_chain": setup,
+        "setup_burst_per_s_by_chain": burst,
+        "setup_per_s_per_agent_cpu_by_chain": per_cpu,
         "install_us_per_session_by_chain": install,
     }
     for rc in reconfigs:
