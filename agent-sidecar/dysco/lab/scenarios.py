@@ -299,6 +299,11 @@ def _dysco(lab: Lab, opts: Options, *, hops: list[str], spare: tuple[str, ...] =
                 failures.append("the reconfiguration completed but should have failed")
             if not agents.tracker.failed:
                 failures.append("the core never reported the reconfiguration failed")
+        elif (marks.get("order") or {}).get("sessions") == 0:
+            # the agent held no open session to reconfigure: on the fast path an
+            # unpaced transfer may end in the kernel before the order reaches it
+            failures.append("the order matched no session (the transfer had ended: "
+                            f"client packets {result['client_packets']})")
         elif notes["ReconfigDone"] == 0:
             failures.append("the reconfiguration never completed")
         elif marks.get("at_done", final) >= final:
