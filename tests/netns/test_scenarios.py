@@ -132,10 +132,12 @@ def test_200_sessions_reconfigured_at_once(lab: Lab) -> None:
 
 @pytest.mark.parametrize("name", ["direct", "insert"])
 def test_binding_backend(lab: Lab, name: str) -> None:
-    # paced (3 s), as the live tests: on the fast path an unpaced transfer ran in the
+    # paced (6 s), as the live tests: on the fast path an unpaced transfer ran in the
     # kernel and ended before the insert order reached the client's agent, which then
-    # had no session to reconfigure (intermittent, 3 of 6 runs)
-    result = scenarios.run(name, lab, scenarios.Options(bytes=12 << 20, sessions=1,
+    # had no session to reconfigure (3 of 6 runs). Long enough that the order (after
+    # 300 packets, ~1.3 s) stays far from the end even when a sender that fell behind
+    # its pace under load bursts to catch up (tcpio keeps an absolute schedule).
+    result = scenarios.run(name, lab, scenarios.Options(bytes=24 << 20, sessions=1,
                                                         timeout=15, backend="binding",
                                                         rate=4 << 20))
     assert result["ok"], result["failures"]
