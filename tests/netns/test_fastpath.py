@@ -14,8 +14,9 @@ import time
 from typing import Any
 
 import pytest
+from conftest import PREFIX
 
-from dysco.dataplane import conntrack, fastpath, netns
+from dysco.dataplane import conntrack, fastpath, netns, rules
 from dysco.lab import scenarios
 from dysco.lab.agents import LabAgents
 from dysco.lab.topology import Lab
@@ -123,6 +124,24 @@ def test_table_unavailable_keeps_the_queue_path(lab: Lab,
         fast = result["agents"][short]["fastpath"]
         assert fast["unavailable"] == 1 and fast["offloaded"] == 0, fast
         assert result["agents"][short]["packets"] > 100
+
+
+def test_a_table_left_by_a_dead_agent_is_replaced() -> None:
+    """An agent that died without `close` left its table: the next one's script
+    replaces it (nft -f alone would append every rule again and keep the elements)."""
+    ns = f"{PREFIX}left"
+    netns.add(ns)
+    try:
+        script = fastpath.table_script(rules.DEFAULT_MARK)
+        netns.run(ns, ["nft", "-f", "-"], stdin=script)
+        netns.run(ns, ["nft", "add", "element", "ip", fastpath.TABLE, fastpath.SET_IN,
+                       "{ 10.0.0.1 . 1 . 10.0.0.2 . 2 }"])
+        netns.run(ns, ["nft", "-f", "-"], stdin=script)
+        listing = netns.run(ns, ["nft", "list", "table", "ip", fastpath.TABLE]).stdout
+        assert listing.count("notrack") == 2, listing
+        assert "10.0.0.1" not in listing, listing
+    finally:
+        netns.delete(ns)
 
 
 def test_refused_entries_keep_the_queue_path(lab: Lab,

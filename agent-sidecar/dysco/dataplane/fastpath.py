@@ -68,10 +68,14 @@ Tuple4 = tuple[int, int, int, int]
 def table_script(mark: int) -> str:
     """The pod's fast-path table. RSTs of offloaded sessions still take the queues:
     an entry installed mid-stream ignores a RST outside the window it never learnt, so
-    only the core can rewrite it and end the session."""
+    only the core can rewrite it and end the session. It replaces a table left by an
+    agent that died without `close` (nft would append the rules twice and keep its
+    elements); one `nft -f` is one transaction."""
     key = "ip saddr . tcp sport . ip daddr . tcp dport"
     live = "tcp flags & rst == 0"
-    return f"""table ip {TABLE} {{
+    return f"""table ip {TABLE}
+delete table ip {TABLE}
+table ip {TABLE} {{
   set {SET_IN} {{ type ipv4_addr . inet_service . ipv4_addr . inet_service; size 1048576; }}
   set {SET_OUT} {{ type ipv4_addr . inet_service . ipv4_addr . inet_service; size 1048576; }}
   chain skip_in {{ type filter hook prerouting priority -310;

@@ -11,6 +11,7 @@ Usage from the main CLI::
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import logging
 import os
@@ -23,6 +24,10 @@ from .interface import DataPlane, RecordingDataPlane
 from .netns import make_resolver
 
 DEFAULT_DATAPLANE = "dysco.dataplane.k8s:create_dataplane"
+# After SIGTERM, every thread's stack goes to stderr if the agent has not suspended by
+# then: before the chart's 30 s grace period ends in SIGKILL, which loses the pods'
+# state (the next agent then carries nothing on), the log shows where it was stuck.
+STUCK_DUMP_AFTER = 20.0
 
 
 def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -110,6 +115,7 @@ def run_agent(args: argparse.Namespace) -> int:
     server = agent.serve_http(args.http_bind_address, args.http_port) if args.http_port else None
 
     def _stop(*_: Any) -> None:
+        faulthandler.dump_traceback_later(STUCK_DUMP_AFTER, exit=False)
         agent.shutdown()
 
     signal.signal(signal.SIGTERM, _stop)
@@ -121,4 +127,5 @@ def run_agent(args: argparse.Namespace) -> int:
             server.shutdown()
         # SIGTERM (restart, rolling upgrade): the next agent on this node carries on
         dataplane.suspend()
+        faulthandler.cancel_dump_traceback_later()
     return 0
