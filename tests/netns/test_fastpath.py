@@ -55,11 +55,12 @@ def _line(proc: subprocess.Popen[str], timeout: float) -> str:
 
 
 def _hold_round(client_ns: str, server_ip: str, n: int) -> None:
-    """`n` sessions open at once (each echoes a byte, so past the handshake), echo again,
-    then all close."""
+    """`n` sessions open at once (opened four at a time, each echoes a byte, so past the
+    handshake), echo again, then all close."""
     hold = subprocess.Popen(netns.argv(client_ns, [
         "prlimit", f"--nofile={n + 1000}", sys.executable, "-m", "dysco.lab.pingpong",
-        "hold", "--host", server_ip, "--port", str(ECHO_PORT), "--count", str(n)]),
+        "hold", "--host", server_ip, "--port", str(ECHO_PORT), "--count", str(n),
+        "--parallel", "4"]),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert hold.stdout is not None and hold.stdin is not None
