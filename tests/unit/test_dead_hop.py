@@ -3,6 +3,8 @@ reset their apps and forget the session, instead of leaving it hanging."""
 
 from __future__ import annotations
 
+import pytest
+
 from dysco.core import Hop, Policy, offload
 from dysco.core import commands as cmd
 from dysco.core import control as ctl
@@ -159,3 +161,18 @@ def test_a_stall_the_driver_saw_while_offloaded_is_a_dead_hop() -> None:
     world.engine.run(since + 15 + 3)
     failed = [e for e in events if isinstance(e, HopFailed)]
     assert len(failed) == 2 and {e.how for e in failed} == {"detected", "aborted"}, failed
+
+
+@pytest.mark.timeout(20)
+def test_an_offloaded_session_outlives_its_idle_timeout() -> None:
+    """An offloaded session is silent to its core for as long as the kernel carries it:
+    its idle check must come back later, not at once (it rescheduled itself at a time
+    already past, and the agent's timer loop never returned)."""
+    world, _client, _server, _events = setup((M1,))
+    world.engine.run(0.2)
+    agent = world.hosts["A"].agent
+    (s,) = agent.sessions.values()
+    offload.set_offloaded(agent, s.sid, True, world.engine.now)
+    for k in range(1, 4):  # the core sees no packet of it meanwhile
+        agent.timer(world.engine.now + k * agent.config.idle_timeout)
+    assert list(agent.sessions.values()) == [s]

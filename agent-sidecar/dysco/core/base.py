@@ -173,7 +173,12 @@ class AgentBase:
     def _idle_check(self, s: Session, now: float) -> None:
         if s.sid not in self.sessions:
             return
-        if not s.offloaded and now - s.last_activity >= self.config.idle_timeout:
+        if s.offloaded:
+            # its last activity stays where the kernel took it over: a check due at
+            # last_activity + idle_timeout would be due at once, forever (the loop
+            # that ran it would never return); the kernel's entry times it out
+            self._at(now + self.config.idle_timeout, lambda t: self._idle_check(s, t))
+        elif now - s.last_activity >= self.config.idle_timeout:
             self._free_session(s, "idle")
         else:
             self._watch_idle(s)

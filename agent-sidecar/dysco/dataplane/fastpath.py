@@ -24,7 +24,8 @@ session, middleboxes, are left alone) then splits the pod's TCP in two:
   would clash with the one installed for it.
 
 The table's empty NAT chains register the NAT hooks that the entries' NAT needs; its
-``ct`` expression turns conntrack on in the namespace.
+``ct`` expression turns conntrack on in the namespace. While the pod has the table its
+TCP early demux is off (`EARLY_DEMUX` says why).
 
 Back to the queues: a session that a reconfiguration anchored here reaches is handed
 back at once (set element first, then the entry, so a packet never goes unrewritten),
@@ -44,6 +45,7 @@ import logging
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from dysco.core import Agent, synlist
 from dysco.core import offload as core_offload
@@ -58,6 +60,15 @@ log = logging.getLogger(__name__)
 TABLE = "dysco_fastpath"
 SET_IN = "sessions_in"
 SET_OUT = "sessions_out"
+# Off while the pod has the table. An inbound segment of an offloaded session matches
+# its entry in the reply direction: NAT restores the local port at prerouting but the
+# peer's (subsession -> session port) only at local-in, and TCP early demux, which runs
+# in between, picks the socket by the half-translated tuple. A socket of another
+# connection with exactly that tuple (the peer's app connected from the port our
+# subsession uses) got the segment (the kernel re-checks a changed source address,
+# not a changed port of a reply); the session stalled. Without early demux the socket
+# is looked up once the packet is fully translated.
+EARLY_DEMUX = "net.ipv4.tcp_early_demux"
 _GEN_MASK = 0x3FFFF  # generation bits of the ct mark (below the skip bit)
 _ENOENT = 2
 _EEXIST = 17
@@ -149,6 +160,7 @@ class FastPath:
             self.ct.close()
             raise
         self._set: nftset.SetElements | None = None
+        self._early_demux: str | None = None  # the pod's setting before we turned it off
 
     def fileno(self) -> int:
         """The destroy-event socket, for the runtime's selector."""
@@ -314,6 +326,11 @@ class FastPath:
             core_offload.set_offloaded(self.agent, sid, False, now)
         if self._ready and netns.exists(self.ns):
             netns.run(self.ns, ["nft", "delete", "table", "ip", TABLE], check=False)
+        if self._early_demux is not None and netns.exists(self.ns):
+            try:
+                netns.sysctl(self.ns, {EARLY_DEMUX: self._early_demux})
+            except OSError as exc:
+                log.warning("%s: %s not restored: %s", self.ns, EARLY_DEMUX, exc)
         if self._set is not None:
             self._set.close()
         self.ct.close()
@@ -323,6 +340,9 @@ class FastPath:
 
     def _setup(self) -> None:
         try:
+            before = _read_early_demux(self.ns)
+            netns.sysctl(self.ns, {EARLY_DEMUX: "0"})  # read-only /proc/sys: no fast path
+            self._early_demux = before
             netns.run(self.ns, ["nft", "-f", "-"], stdin=table_script(self.mark))
             self._set = nftset.SetElements(self.ns, TABLE)
             self._ready = True
@@ -435,6 +455,11 @@ class FastPath:
             for inst, err in zip(gone, errs, strict=True):
                 if err not in (0, _ENOENT):
                     log.warning("%s: entry %s not deleted (errno %d)", self.ns, inst.orig, err)
+
+
+def _read_early_demux(ns: str) -> str:
+    with netns.entered(ns):
+        return Path("/proc/sys", *EARLY_DEMUX.split(".")).read_text().strip()
 
 
 def segment(t: Tuple4, seqno: int, ack: int) -> bytes:
