@@ -45,7 +45,6 @@ import logging
 import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from dysco.core import Agent, synlist
 from dysco.core import offload as core_offload
@@ -340,7 +339,7 @@ class FastPath:
 
     def _setup(self) -> None:
         try:
-            before = _read_early_demux(self.ns)
+            before = netns.read_sysctl(self.ns, EARLY_DEMUX)
             netns.sysctl(self.ns, {EARLY_DEMUX: "0"})  # read-only /proc/sys: no fast path
             self._early_demux = before
             netns.run(self.ns, ["nft", "-f", "-"], stdin=table_script(self.mark))
@@ -455,11 +454,6 @@ class FastPath:
             for inst, err in zip(gone, errs, strict=True):
                 if err not in (0, _ENOENT):
                     log.warning("%s: entry %s not deleted (errno %d)", self.ns, inst.orig, err)
-
-
-def _read_early_demux(ns: str) -> str:
-    with netns.entered(ns):
-        return Path("/proc/sys", *EARLY_DEMUX.split(".")).read_text().strip()
 
 
 def segment(t: Tuple4, seqno: int, ack: int) -> bytes:

@@ -21,6 +21,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 NETNS_DIR = Path("/run/netns")
+# Where sysctls are read and written. A container's /proc/sys is read-only unless it is
+# privileged; the chart mounts the node's /proc/sys/net (as Cilium does) and points this
+# there. Entries under net/ are the namespace of the thread that opens them, whichever
+# procfs mount the path goes through.
+PROC_SYS = Path(os.environ.get("DYSCO_PROC_SYS", "/proc/sys"))
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -113,4 +118,10 @@ def sysctl(ns: str | None, settings: dict[str, str]) -> None:
     """Write sysctls (keys like "net.ipv4.ip_forward") inside namespace `ns`."""
     with entered(ns):
         for key, value in settings.items():
-            Path("/proc/sys", *key.split(".")).write_text(value)
+            PROC_SYS.joinpath(*key.split(".")).write_text(value)
+
+
+def read_sysctl(ns: str | None, key: str) -> str:
+    """A sysctl's value inside namespace `ns`."""
+    with entered(ns):
+        return PROC_SYS.joinpath(*key.split(".")).read_text().strip()
