@@ -120,6 +120,7 @@ def test_policies_sessions_and_rollout(lab: Lab, dp: NodeDataPlane) -> None:
     def rollout() -> None:
         under_way(dp, lab)
         seen["sessions"] = dict(dp.sessions())
+        seen["fastpath"] = dict(dp.fastpath())
         attach(dp, lab, "mb4")
         dp.set_chains([chain(lab, 1, ("fw", ("mb1", "mb3")))])
         dp.drain_instance(lab.pod("mb1").ip, time.time() + 30)
@@ -135,6 +136,9 @@ def test_policies_sessions_and_rollout(lab: Lab, dp: NodeDataPlane) -> None:
     result = scenarios.transfer(lab, "client", "server", PACED, during=rollout)
     assert result["ok"], result["failures"]
     assert seen["sessions"] == {(CHAIN, 1): 2}
+    # what the agent's metrics export: nothing refused, every pod with its fast path
+    assert seen["fastpath"]["unavailable_pods"] == 0, seen["fastpath"]
+    assert seen["fastpath"]["refused_sessions"] == 0, seen["fastpath"]
     assert done(dp, 1) == (4, 0)
     assert seen["mb4"] > 0
     assert packets(dp, lab, "mb4") > seen["mb4"]  # the sessions finished through mb4

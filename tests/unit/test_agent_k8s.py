@@ -217,6 +217,8 @@ def test_agent_step_reports_status_and_serves_read_only_http() -> None:
     dp.reconfig_counts = {("ns/web", 3): (5, 1)}
     dp.rejection_counts = {"half_open_full": 12}
     dp.hop_failure_counts = {"detected": 2}
+    dp.fastpath_counts = {"end_host_sessions": 5, "middlebox_sessions": 0,
+                          "unavailable_pods": 1, "refused_sessions": 3}
     dp.reconfig_durations = [0.02, 0.3]
     server = agent.serve_http("127.0.0.1", 0)
     port = server.server_address[1]
@@ -246,6 +248,9 @@ def test_agent_step_reports_status_and_serves_read_only_http() -> None:
         assert "dysco_agent_plan_revision 3.0" in text
         assert 'dysco_agent_rejected_total{reason="half_open_full"} 12.0' in text
         assert 'dysco_agent_hop_failures_total{how="detected"} 2.0' in text
+        assert 'dysco_agent_offloaded_sessions{role="end_host"} 5.0' in text
+        assert "dysco_agent_fastpath_unavailable_pods 1.0" in text
+        assert "dysco_agent_fastpath_refused_sessions 3.0" in text
         assert "dysco_reconfiguration_duration_seconds_count 2.0" in text
         assert 'dysco_reconfiguration_duration_seconds_bucket{le="0.025"} 1.0' in text
         assert dp.reconfig_durations == []  # taken once, not observed again

@@ -551,6 +551,21 @@ class NodeDataPlane:
     def hop_failures(self) -> Mapping[str, int]:
         return self.runtime.call(lambda: dict(self._hop_failures))
 
+    def fastpath(self) -> Mapping[str, int]:
+        def count() -> dict[str, int]:
+            out = dict.fromkeys(("end_host_sessions", "middlebox_sessions",
+                                 "unavailable_pods", "refused_sessions"), 0)
+            for pod in self.runtime.pods.values():
+                for fast, key in ((pod.fast, "end_host_sessions"),
+                                  (pod.mbfast, "middlebox_sessions")):
+                    if fast is None:
+                        continue
+                    out[key] += len(fast.installed)
+                    out["unavailable_pods"] += fast.stats.unavailable > 0
+                    out["refused_sessions"] += fast.stats.failed
+            return out
+        return self.runtime.call(count)
+
     def take_reconfiguration_durations(self) -> Sequence[float]:
         def take() -> list[float]:
             out, self._durations = self._durations, []

@@ -66,6 +66,21 @@ class _StatsCollector:
         for how, n in sorted(self.agent.last_hop_failures.items()):
             h.add_metric([how], n)
         yield h
+        fast = self.agent.last_fastpath
+        g = GaugeMetricFamily("dysco_agent_offloaded_sessions",
+                              "Sessions the kernel fast path rewrites now, by where.",
+                              labels=["role"])
+        for role in ("end_host", "middlebox"):
+            g.add_metric([role], fast.get(f"{role}_sessions", 0))
+        yield g
+        yield GaugeMetricFamily("dysco_agent_fastpath_unavailable_pods",
+                                "Attached pods whose fast path could not be set up (their "
+                                "sessions stay on NFQUEUE).",
+                                value=fast.get("unavailable_pods", 0))
+        yield GaugeMetricFamily("dysco_agent_fastpath_refused_sessions",
+                                "Sessions of the attached pods whose kernel state was "
+                                "refused (they stayed on NFQUEUE).",
+                                value=fast.get("refused_sessions", 0))
         g = GaugeMetricFamily("dysco_agent_limit", "Resource limits of each pod's agent.",
                               labels=["name"])
         for name, value in sorted(self.agent.limits.items()):
@@ -108,6 +123,7 @@ class NodeAgent:
         self.last_reconfigs: Mapping[tuple[str, int], tuple[int, int]] = {}
         self.last_rejections: Mapping[str, int] = {}
         self.last_hop_failures: Mapping[str, int] = {}
+        self.last_fastpath: Mapping[str, int] = {}
         self.limits = dict(dataplane.limits())
         self._last_status: dict[str, Any] | None = None
         self._last_status_time = 0.0
@@ -230,6 +246,7 @@ class NodeAgent:
         self.last_reconfigs = dict(self.dataplane.reconfigurations())
         self.last_rejections = dict(self.dataplane.rejections())
         self.last_hop_failures = dict(self.dataplane.hop_failures())
+        self.last_fastpath = dict(self.dataplane.fastpath())
         for seconds in self.dataplane.take_reconfiguration_durations():
             self.m_reconfig_seconds.observe(seconds)
         if plan is not None and revision is not None:

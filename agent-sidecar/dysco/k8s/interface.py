@@ -79,6 +79,11 @@ class DataPlane(Protocol):
       unauthenticated input); ``limits``: the resource limits in force, by name.
     - ``hop_failures``: cumulative session ends reset because a hop of their path died,
       by how the end learnt it ("detected": no acks; "aborted": told by the other end).
+    - ``fastpath``: the kernel fast path over the attached pods, now:
+      ``end_host_sessions`` and ``middlebox_sessions`` (sessions the kernel rewrites),
+      ``unavailable_pods`` (the fast path could not be set up: every session there stays
+      on NFQUEUE), ``refused_sessions`` (the kernel refused a session's state: it stayed
+      on NFQUEUE).
     - ``take_reconfiguration_durations``: seconds each reconfiguration finished since the
       last call took (start to done, at its left anchor); the list is emptied.
     - ``suspend``: the agent is stopping for a successor on this node (restart, rolling
@@ -101,6 +106,7 @@ class DataPlane(Protocol):
     def rejections(self) -> Mapping[str, int]: ...
     def limits(self) -> Mapping[str, float]: ...
     def hop_failures(self) -> Mapping[str, int]: ...
+    def fastpath(self) -> Mapping[str, int]: ...
     def take_reconfiguration_durations(self) -> Sequence[float]: ...
     def suspend(self) -> int: ...
 
@@ -118,6 +124,7 @@ class RecordingDataPlane:
         self.reconfig_counts: dict[tuple[str, int], tuple[int, int]] = {}
         self.rejection_counts: dict[str, int] = {}
         self.hop_failure_counts: dict[str, int] = {}
+        self.fastpath_counts: dict[str, int] = {}
         self.reconfig_durations: list[float] = []
         self.fail_attach: set[str] = set()
         self.keys: tuple[dict[int, bytes], int] | None = None
@@ -173,6 +180,9 @@ class RecordingDataPlane:
 
     def hop_failures(self) -> Mapping[str, int]:
         return dict(self.hop_failure_counts)
+
+    def fastpath(self) -> Mapping[str, int]:
+        return dict(self.fastpath_counts)
 
     def take_reconfiguration_durations(self) -> Sequence[float]:
         out, self.reconfig_durations = self.reconfig_durations, []
