@@ -6,11 +6,13 @@ the kernel refuses leaves sessions on the queue path (counted), never broken.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,7 +21,7 @@ from conftest import PREFIX
 from dysco.dataplane import conntrack, fastpath, netns, rules
 from dysco.lab import scenarios
 from dysco.lab.agents import LabAgents
-from dysco.lab.topology import Lab
+from dysco.lab.topology import Lab, Pod
 
 ECHO_PORT = 5002
 # conntrack state timeouts after a close, shortened so ended sessions go in seconds
@@ -45,6 +47,20 @@ def _fast(agents: LabAgents, short: str) -> dict[str, Any]:
     fast: dict[str, Any] = agents.stats()[short]["fastpath"]
     return {**fast, "installed": fast["sessions"],
             "core_offloaded": agents.core_stats()[short]["offloaded"]}
+
+
+@contextlib.contextmanager
+def _echo_server(server: Pod) -> Iterator[None]:
+    """The lab's echo server in `server`, listening on ECHO_PORT for the body."""
+    echo = subprocess.Popen(netns.argv(server.name, [
+        sys.executable, "-m", "dysco.lab.pingpong", "server", "--host", server.ip,
+        "--port", str(ECHO_PORT)]), stdout=subprocess.PIPE, text=True)
+    try:
+        assert echo.stdout is not None and echo.stdout.readline().strip() == "READY"
+        yield
+    finally:
+        echo.kill()
+        echo.wait()
 
 
 def _line(proc: subprocess.Popen[str], timeout: float) -> str:
@@ -85,11 +101,7 @@ def test_no_leak_after_many_sessions(lab: Lab) -> None:
     rounds, n = 40, 250
     with LabAgents(lab, ["client", "server"]) as agents:
         agents.set_chain("client", "server", [], {ECHO_PORT})
-        echo = subprocess.Popen(netns.argv(server.name, [
-            sys.executable, "-m", "dysco.lab.pingpong", "server", "--host", server.ip,
-            "--port", str(ECHO_PORT)]), stdout=subprocess.PIPE, text=True)
-        try:
-            assert echo.stdout is not None and echo.stdout.readline().strip() == "READY"
+        with _echo_server(server):
             for ns in (client.name, server.name):
                 netns.sysctl(ns, SHORT_TIMEOUTS)
             for _ in range(rounds):
@@ -102,9 +114,6 @@ def test_no_leak_after_many_sessions(lab: Lab) -> None:
                     break
                 assert time.monotonic() < deadline, state
                 time.sleep(1)
-        finally:
-            echo.kill()
-            echo.wait()
         for short, (fast, _) in state.items():
             assert fast["offloaded"] == rounds * n, (short, fast)
             assert fast["ended"] == fast["offloaded"], (short, fast)
@@ -195,19 +204,12 @@ def test_a_new_connection_reusing_an_ended_sessions_tuple(lab: Lab) -> None:
     with LabAgents(lab, ["client", "server"]) as agents:
         agents.set_chain("client", "server", [], {ECHO_PORT})
         netns.sysctl(client.name, {"net.ipv4.tcp_tw_reuse": "1"})
-        echo = subprocess.Popen(netns.argv(server.name, [
-            sys.executable, "-m", "dysco.lab.pingpong", "server", "--host", server.ip,
-            "--port", str(ECHO_PORT)]), stdout=subprocess.PIPE, text=True)
-        try:
-            assert echo.stdout is not None and echo.stdout.readline().strip() == "READY"
+        with _echo_server(server):
             run = subprocess.run(netns.argv(client.name, [
                 sys.executable, "-c", REUSE, client.ip, server.ip, str(ECHO_PORT),
                 str(rounds)]), capture_output=True, text=True, timeout=60)
             fast = {s: _fast(agents, s) for s in ("client", "server")}
             assert run.stdout.strip() == "ok", (run.stderr, fast)
-        finally:
-            echo.kill()
-            echo.wait()
     for short, f in fast.items():
         assert f["offloaded"] == rounds and f["failed"] == 0, (short, f)
     # the server's entry waits in TIME_WAIT: the SYN list ends it (at the client
@@ -246,24 +248,17 @@ def test_a_subsession_port_equal_to_another_sessions_port(lab: Lab) -> None:
     start = 5000  # the client's first subsession port: 40000 + 5000, the next one +1
     with LabAgents(lab, ["client", "server"], config={"port_start": start}) as agents:
         agents.set_chain("client", "server", [], {ECHO_PORT})
-        echo = subprocess.Popen(netns.argv(server.name, [
-            sys.executable, "-m", "dysco.lab.pingpong", "server", "--host", server.ip,
-            "--port", str(ECHO_PORT)]), stdout=subprocess.PIPE, text=True)
-        try:
-            assert echo.stdout is not None and echo.stdout.readline().strip() == "READY"
+        with _echo_server(server):
             run = subprocess.run(netns.argv(client.name, [
                 sys.executable, "-c", COLLIDE, client.ip, server.ip, str(ECHO_PORT),
                 str(40000 + start + 1)]), capture_output=True, text=True, timeout=60)
             fast = {s: _fast(agents, s) for s in ("client", "server")}
             assert run.stdout.strip() == "ok", (run.stderr, fast)
             assert {_early_demux(p.name) for p in (client, server)} == {"0"}
-        finally:
-            echo.kill()
-            echo.wait()
     for short, f in fast.items():
         assert f["offloaded"] == 2 and f["failed"] == 0, (short, f)
     assert {_early_demux(p.name) for p in (client, server)} == {"1"}  # restored
 
 
 def _early_demux(ns: str) -> str:
-    return netns.run(ns, ["sysctl", "-n", fastpath.EARLY_DEMUX]).stdout.strip()
+    return netns.read_sysctl(ns, fastpath.EARLY_DEMUX)
